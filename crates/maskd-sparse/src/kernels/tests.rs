@@ -1,0 +1,252 @@
+//! One property suite, stamped on every kernel by [`kernel_suite!`]: random shapes
+//! (including 1, odd sizes, K not a multiple of M, N not a multiple of the lane
+//! count), random patterns the kernel covers, all-zero groups, optional bias,
+//! compared with an f64 scalar reference on the decompressed matrix. A kernel the
+//! CPU cannot run is skipped (the test passes and says so on stderr).
+
+use super::*;
+use proptest::prelude::*;
+
+/// `y = x · W + b` in f64, plus `sum |x w| + |b|` per output to scale the tolerance.
+fn reference(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>, x: &[f32], t: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0f64; t * n];
+    let mut mag = vec![0f64; t * n];
+    for r in 0..t {
+        for c in 0..n {
+            let b = bias.map_or(0.0, |b| b[c] as f64);
+            let (mut s, mut a) = (b, b.abs());
+            for i in 0..k {
+                let p = x[r * k + i] as f64 * w[i * n + c] as f64;
+                s += p;
+                a += p.abs();
+            }
+            y[r * n + c] = s;
+            mag[r * n + c] = a;
+        }
+    }
+    (y, mag)
+}
+
+/// Runs `mm` and compares with the reference: `|y - ref| <= (K + 4) eps sum|x w|`.
+fn check(mm: &PackedSpmm, m: &NmMatrix, bias: Option<&[f32]>, x: &[f32], t: usize) -> Result<(), TestCaseError> {
+    let (k, n) = (m.k(), m.n());
+    let (want, mag) = reference(&m.to_dense(), k, n, bias, x, t);
+    // Poison y: the kernel must overwrite every element.
+    let mut y = vec![f32::NAN; t * n];
+    mm.run(x, t, &mut y);
+    for (i, ((&got, &want), &mag)) in y.iter().zip(&want).zip(&mag).enumerate() {
+        let tol = (k as f64 + 4.0) * f32::EPSILON as f64 * mag + 1e-30;
+        prop_assert!(
+            (got as f64 - want).abs() <= tol,
+            "{}: t={t} k={k} n={n} {}: y[{}, {}] = {got}, want {want} (tol {tol:e})",
+            mm.kernel_name(), m.pattern(), i / n, i % n
+        );
+    }
+    // Splitting rows over threads gives the same bits.
+    let mut y2 = vec![f32::NAN; t * n];
+    mm.run_parallel(x, t, &mut y2, 2);
+    prop_assert!(y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()), "run_parallel differs");
+    Ok(())
+}
+
+/// Weights with plenty of exact zeros so whole groups are often empty.
+fn values(len: usize) -> impl Strategy<Value = Vec<f32>> {
+    proptest::collection::vec(prop_oneof![2 => Just(0.0f32), 3 => -2.0f32..2.0], len)
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    pattern: NmPattern,
+    t: usize,
+    k: usize,
+    n: usize,
+    w: Vec<f32>,
+    x: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// Shapes are biased towards small and boundary values; `ms` lists allowed M.
+fn case(ms: &'static [usize]) -> impl Strategy<Value = Case> {
+    let dim = |max: usize| prop_oneof![1 => Just(1usize), 4 => 1..max];
+    (proptest::sample::select(ms), dim(30), dim(80), dim(70))
+        .prop_flat_map(|(m, t, k, n)| {
+            (
+                (1..m).prop_map(move |pn| NmPattern::new(pn, m).unwrap()),
+                Just((t, k, n)),
+                values(k * n),
+                proptest::collection::vec(-2.0f32..2.0, t * k),
+                proptest::option::of(values(n)),
+            )
+        })
+        .prop_map(|(pattern, (t, k, n), w, x, bias)| Case { pattern, t, k, n, w, x, bias })
+}
+
+const ANY_M: &[usize] = &[2, 3, 4, 5, 7, 8, 9, 16];
+const M_DIVIDES_16: &[usize] = &[2, 4, 8, 16];
+const M_DIVIDES_8: &[usize] = &[2, 4, 8];
+const M_DIVIDES_4: &[usize] = &[2, 4];
+
+fn run_case(build: fn(&NmMatrix, Option<&[f32]>) -> Option<PackedSpmm>, c: &Case) -> Result<(), TestCaseError> {
+    let m = NmMatrix::from_dense_pruned(&c.w, c.k, c.n, c.pattern).unwrap();
+    let Some(mm) = build(&m, c.bias.as_deref()) else {
+        return Ok(());
+    };
+    check(&mm, &m, c.bias.as_deref(), &c.x, c.t)
+}
+
+/// A fixed case: deterministic weights and inputs from the shape.
+fn fixed(pattern: NmPattern, t: usize, k: usize, n: usize, bias: bool) -> Case {
+    let f = |i: usize, s: usize| (((i * 2654435761 + s) % 1000) as f32 / 250.0) - 2.0;
+    Case {
+        pattern,
+        t,
+        k,
+        n,
+        w: (0..k * n).map(|i| if i % 7 == 3 { 0.0 } else { f(i, 1) }).collect(),
+        x: (0..t * k).map(|i| f(i, 2)).collect(),
+        bias: bias.then(|| (0..n).map(|i| f(i, 3)).collect()),
+    }
+}
+
+/// Builds for `kind`, or `None` (skip, with a note) when the CPU cannot run it.
+fn build_for(kind: KernelKind, m: &NmMatrix, bias: Option<&[f32]>) -> Option<PackedSpmm> {
+    if let Err(e) = kind.check_available() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("skipping: {e}"));
+        return None;
+    }
+    Some(PackedSpmm::with_kernel(m, bias, kind).expect("available kernel covers the pattern"))
+}
+
+macro_rules! kernel_suite {
+    ($name:ident, $ms:expr, $build:expr) => {
+        mod $name {
+            use super::*;
+
+            fn build(m: &NmMatrix, bias: Option<&[f32]>) -> Option<PackedSpmm> {
+                $build(m, bias)
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+                #[test]
+                fn matches_reference(c in case($ms)) {
+                    run_case(build, &c)?;
+                }
+            }
+
+            fn fixed_case(p: NmPattern, t: usize, k: usize, n: usize, bias: bool) {
+                if $ms.contains(&p.m()) {
+                    run_case(build, &fixed(p, t, k, n, bias)).unwrap();
+                }
+            }
+
+            #[test]
+            fn model_shapes_2_4() {
+                // The default model's GEMMs at a token count that leaves row tails.
+                for (k, n) in [(192, 576), (192, 192), (192, 768), (768, 192)] {
+                    fixed_case(NmPattern::TWO_FOUR, 13, k, n, true);
+                }
+            }
+
+            /// K = 5 with 2:4: the tail group has one real row, so one kept slot
+            /// points into the padding; x must not be read past its row.
+            #[test]
+            fn tail_group_with_padding_slot() {
+                fixed_case(NmPattern::TWO_FOUR, 3, 5, 17, false);
+                fixed_case(NmPattern::new(3, 4).unwrap(), 2, 1, 1, true);
+            }
+
+            /// One row, one column, K below one chunk: every path is a tail.
+            #[test]
+            fn all_tails() {
+                for m in [2, 4, 8, 16] {
+                    fixed_case(NmPattern::new(1, m).unwrap(), 1, 3, 1, true);
+                    fixed_case(NmPattern::new(m - 1, m).unwrap(), 7, 17, 33, true);
+                }
+            }
+
+            /// T spanning several 48-row panels of the x86 kernels, with a row tail.
+            #[test]
+            fn several_row_panels() {
+                fixed_case(NmPattern::TWO_FOUR, 101, 40, 37, true);
+            }
+
+            /// K longer than the NEON kernel's 512-input panel: later K-chunks
+            /// accumulate onto y; M = 3 makes the chunk 510 long.
+            #[test]
+            fn long_k_several_chunks() {
+                fixed_case(NmPattern::TWO_FOUR, 9, 1100, 10, true);
+                fixed_case(NmPattern::new(2, 3).unwrap(), 3, 1100, 5, true);
+            }
+
+            /// Patterns whose slot count needs two index vectors per tile.
+            #[test]
+            fn dense_patterns_two_index_vectors() {
+                fixed_case(NmPattern::new(15, 16).unwrap(), 5, 40, 20, false);
+                fixed_case(NmPattern::new(7, 8).unwrap(), 5, 40, 20, false);
+            }
+        }
+    };
+}
+
+kernel_suite!(generic_kernel, ANY_M, |m, b| build_for(KernelKind::Generic, m, b));
+kernel_suite!(emu8_colsimd, M_DIVIDES_8, |m, b| PackedSpmm::emulated(m, b, Emu::Lanes8));
+kernel_suite!(emu8_inlane_colsimd, M_DIVIDES_4, |m, b| PackedSpmm::emulated(m, b, Emu::Lanes8InLane));
+kernel_suite!(emu16_colsimd, M_DIVIDES_16, |m, b| PackedSpmm::emulated(m, b, Emu::Lanes16));
+kernel_suite!(avx2_kernel, M_DIVIDES_8, |m, b| build_for(KernelKind::Avx2, m, b));
+kernel_suite!(avx512_kernel, M_DIVIDES_16, |m, b| build_for(KernelKind::Avx512, m, b));
+kernel_suite!(neon_kernel, ANY_M, |m, b| build_for(KernelKind::Neon, m, b));
+kernel_suite!(selected_kernel, ANY_M, |m, b| Some(PackedSpmm::new(m, b).unwrap()));
+
+#[test]
+fn knob_parsing() {
+    assert_eq!(select_from(None), Ok(best()));
+    assert_eq!(select_from(Some(" ")), Ok(best()));
+    assert_eq!(select_from(Some("generic")), Ok(KernelKind::Generic));
+    assert_eq!(select_from(Some("GENERIC")), Ok(KernelKind::Generic));
+    let e = select_from(Some("sse9")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unknown sparse kernel `sse9` (expected one of generic, avx2, avx512, neon)"
+    );
+    for kind in KernelKind::ALL {
+        let got = select_from(Some(kind.name()));
+        match kind.check_available() {
+            Ok(()) => assert_eq!(got, Ok(kind)),
+            Err(e) => assert_eq!(got, Err(e)),
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(matches!(
+        select_from(Some("neon")),
+        Err(SparseError::KernelUnavailable { kernel: "neon", .. })
+    ));
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(select_from(Some("neon")), Ok(KernelKind::Neon));
+}
+
+#[test]
+fn best_is_available_and_named() {
+    best().check_available().unwrap();
+    let m = NmMatrix::from_dense_pruned(&[1.0; 64], 8, 8, NmPattern::TWO_FOUR).unwrap();
+    let g = PackedSpmm::with_kernel(&m, None, KernelKind::Generic).unwrap();
+    assert_eq!(g.kernel_name(), "generic_spmm24_f32");
+    let b = PackedSpmm::with_kernel(&m, None, best()).unwrap();
+    assert!(b.kernel_name().starts_with(best().name()), "{}", b.kernel_name());
+    // A pattern the x86 kernels do not cover falls back to generic in `new`.
+    let odd = NmMatrix::from_dense_pruned(&[1.0; 64], 8, 8, NmPattern::new(2, 5).unwrap()).unwrap();
+    if matches!(selected(), Ok(KernelKind::Avx2 | KernelKind::Avx512)) {
+        assert_eq!(PackedSpmm::new(&odd, None).unwrap().kernel(), KernelKind::Generic);
+        assert!(PackedSpmm::with_kernel(&odd, None, selected().unwrap()).is_err());
+    }
+}
+
+#[test]
+fn bias_length_is_checked() {
+    let m = NmMatrix::from_dense_pruned(&[1.0; 12], 4, 3, NmPattern::TWO_FOUR).unwrap();
+    assert_eq!(
+        PackedSpmm::with_kernel(&m, Some(&[0.0; 2]), KernelKind::Generic).unwrap_err(),
+        SparseError::BiasLength { len: 2, n: 3 }
+    );
+}

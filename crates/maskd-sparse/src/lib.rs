@@ -1,0 +1,40 @@
+//! N:M structured-sparse weights and the matmul kernels that use them.
+//!
+//! This crate owns two things:
+//!
+//! * the **format** ([`NmPattern`], [`NmMatrix`]): checking a dense weight matrix
+//!   against an N:M pattern, magnitude pruning to it, the compressed
+//!   values + packed-indices representation that `maskd.NmMatMul` stores as ONNX
+//!   initialisers (byte layout in `docs/SPARSE.md`), and lossless decompression;
+//! * the **kernels** ([`PackedSpmm`]): `y[T,N] = x[T,K] · W (+ bias)` with `W` packed
+//!   once into a kernel-specific layout. A safe scalar kernel handles every
+//!   pattern; AVX2+FMA, AVX-512F (x86-64) and NEON (aarch64) kernels are overlaid
+//!   at run time when the CPU has them (see [`best`], [`selected`] and the
+//!   `MASKD_SPARSE_KERNEL` knob).
+//!
+//! It leaves out tract integration (the custom op lives in the daemon crate),
+//! thread pools (callers split rows, see [`PackedSpmm::run_parallel`]) and any
+//! dense kernel: the benchmark compares against tract's dense matmul.
+//!
+//! ```
+//! use maskd_sparse::{NmMatrix, NmPattern, PackedSpmm};
+//! let (k, n) = (8, 3);
+//! let w: Vec<f32> = (0..k * n).map(|i| i as f32 - 10.0).collect(); // W[K,N], row-major
+//! let sparse = NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).unwrap();
+//! assert!(sparse.compressed_bytes() < sparse.dense_bytes());
+//! let mm = PackedSpmm::new(&sparse, None).unwrap();
+//! let x = vec![1.0f32; 2 * k]; // x[T=2, K]
+//! let mut y = vec![0.0f32; 2 * n];
+//! mm.run(&x, 2, &mut y);
+//! let dense = sparse.to_dense();
+//! let want: f32 = (0..k).map(|i| dense[i * n]).sum();
+//! assert!((y[0] - want).abs() < 1e-4);
+//! ```
+
+mod error;
+mod format;
+mod kernels;
+
+pub use error::SparseError;
+pub use format::{NmMatrix, NmPattern};
+pub use kernels::{best, generic, kernel_name, selected, KernelKind, PackedSpmm, KERNEL_ENV};

@@ -1,0 +1,262 @@
+//! Engine: model manifest, tract plans (built once), preprocessing into a reused tensor,
+//! the prompt registry with its text encoder on a worker thread, postprocessing into the
+//! reused `MaskSet`.
+//!
+//! [`Engine::infer`] is the per-frame path: collect newly encoded prompts, normalise the
+//! frame into the image tensor, run the segmenter over every runnable prompt at once,
+//! threshold into masks. In steady state (same prompts, same geometry) the engine's own
+//! code allocates nothing per frame; tract allocates its intermediate tensors.
+//!
+//! Leaves out: sockets, pipelines, encoding masks for the wire.
+
+pub mod manifest;
+pub mod plan;
+pub mod postprocess;
+pub mod preprocess;
+pub mod prompts;
+pub mod segmenter;
+pub mod stages;
+pub mod text;
+
+// TEMPORARY, until lib.rs registers `pub mod eval; pub mod inspect;` (the lead's file):
+// compiles and tests those two modules from here. Delete these lines when registering.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../eval.rs"]
+mod eval_unregistered;
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../inspect.rs"]
+mod inspect_unregistered;
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{EngineConfig, MaskConfig, PromptsConfig};
+use crate::masks::{MaskSet, PromptId};
+use crate::source::FrameView;
+
+pub use manifest::Manifest;
+pub use postprocess::Thresholds;
+pub use prompts::PromptRegistry;
+
+use plan::PlanOptions;
+use postprocess::Postprocessor;
+use preprocess::Preprocessor;
+use segmenter::Segmenter;
+use text::{EncoderWorker, TextEncoder, Tokenizer};
+
+/// A loaded model, ready to segment frames.
+#[derive(Debug)]
+pub struct Engine {
+    manifest: Manifest,
+    pre: Preprocessor,
+    seg: Segmenter,
+    post: Postprocessor,
+    prompts: PromptRegistry,
+    /// Prompt ids in the order of the segmenter's text rows.
+    active: Vec<PromptId>,
+    /// Registry generation `active` was built from (`None`: never built).
+    generation: Option<u64>,
+}
+
+impl Engine {
+    /// Loads the manifest and every graph, checks them, registers and starts encoding the
+    /// config's prompts. Errors name the manifest or graph file, the key and the reason.
+    pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
+        let manifest = Manifest::load(&cfg.manifest)?;
+        Engine::from_manifest(manifest, cfg.threads, prompts)
+    }
+
+    /// As [`Engine::load`], from an already loaded manifest (`maskd eval`).
+    pub fn from_manifest(manifest: Manifest, threads: usize, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
+        let thresholds = Thresholds {
+            mask: prompts.mask_threshold.unwrap_or(manifest.segmenter.mask_threshold),
+            score: prompts.score_threshold.unwrap_or(manifest.segmenter.score_threshold),
+        };
+        manifest::check_threshold(thresholds.mask).map_err(|r| anyhow::anyhow!("prompts.mask_threshold: {r}"))?;
+        manifest::check_threshold(thresholds.score).map_err(|r| anyhow::anyhow!("prompts.score_threshold: {r}"))?;
+
+        let tokenizer = Tokenizer::from_vocab_file(&manifest.text.vocab, manifest.text.lowercase, manifest.text.max_tokens)
+            .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
+        let encoder = TextEncoder::load(&manifest)?;
+        let seg = Segmenter::load(&manifest, &PlanOptions::with_threads(threads))?;
+        let worker = EncoderWorker::spawn(encoder).context("starting the text encoder thread")?;
+        let registry = PromptRegistry::new(tokenizer, worker, &prompts.text, prompts.max_prompts)
+            .map_err(|e| anyhow::anyhow!("prompts.text: {e}"))?;
+        let pre = Preprocessor::new(&manifest.image);
+        let post = Postprocessor::new(
+            manifest.segmenter.mask_size,
+            (manifest.image.width, manifest.image.height),
+            thresholds,
+        );
+        log::info!(
+            "model {} ({}): input {}x{}, {} threads",
+            manifest.name,
+            manifest.path.display(),
+            manifest.image.width,
+            manifest.image.height,
+            threads.max(1)
+        );
+        Ok(Engine { manifest, pre, seg, post, prompts: registry, active: Vec::new(), generation: None })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The frame size the model takes, `(width, height)`; the source scales to it.
+    pub fn input_size(&self) -> (u32, u32) {
+        (self.manifest.image.width, self.manifest.image.height)
+    }
+
+    /// The prompt registry (implements [`crate::publish::PromptDirectory`]).
+    pub fn prompts(&mut self) -> &mut PromptRegistry {
+        &mut self.prompts
+    }
+
+    /// Waits until the config's prompts are encoded (start-up, eval), at most `timeout`.
+    /// False if one failed or the time ran out.
+    pub fn wait_for_prompts(&mut self, timeout: Duration) -> bool {
+        self.prompts.wait_for_pinned(timeout)
+    }
+
+    /// Segments `frame` for every prompt that has its embedding, masks sized as `masks`
+    /// says and covering the frame's `content` rectangle. No runnable prompt: `out.len = 0`
+    /// and no inference is run.
+    pub fn infer(&mut self, frame: &FrameView<'_>, masks: &MaskConfig, out: &mut MaskSet) -> anyhow::Result<()> {
+        self.infer_sized(frame, (masks.width, masks.height), out)
+    }
+
+    /// [`Engine::infer`] with an explicit mask size `(width, height)`.
+    pub fn infer_sized(&mut self, frame: &FrameView<'_>, size: (u32, u32), out: &mut MaskSet) -> anyhow::Result<()> {
+        self.prompts.poll();
+        if self.generation != Some(self.prompts.generation()) {
+            self.rebuild_text()?;
+        }
+        out.seq = frame.seq;
+        out.capture_ns = frame.capture_ns;
+        out.frame_width = frame.source_width;
+        out.frame_height = frame.source_height;
+        out.width = size.0;
+        out.height = size.1;
+        if self.active.is_empty() {
+            out.len = 0;
+            return Ok(());
+        }
+        let pre = &self.pre;
+        self.seg
+            .write_image(|buf| pre.run(frame, buf))?
+            .with_context(|| format!("frame {}", frame.seq))?;
+        self.seg.run().with_context(|| format!("frame {}", frame.seq))?;
+        let (mask_logits, presence) = self.seg.outputs()?;
+        self.post
+            .run(mask_logits, presence, &self.active, frame.content, size, out)
+            .with_context(|| format!("frame {}", frame.seq))?;
+        Ok(())
+    }
+
+    /// Prompts currently run on each frame, in mask order.
+    pub fn active_prompts(&self) -> &[PromptId] {
+        &self.active
+    }
+
+    fn rebuild_text(&mut self) -> anyhow::Result<()> {
+        self.active.clear();
+        self.active.extend(self.prompts.runnable().map(|(id, _)| id));
+        let rows: Vec<&[f32]> = self.prompts.runnable().map(|(_, v)| v).collect();
+        self.seg.set_text(rows.into_iter())?;
+        self.generation = Some(self.prompts.generation());
+        log::debug!("running {} prompts: {:?}", self.active.len(), self.active);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MaskEncoding, SparseKernel};
+    use crate::publish::PromptDirectory;
+    use segmenter::tests::{fixture_rgb, frame};
+    use std::path::PathBuf;
+
+    fn configs(prompts: &[&str]) -> (EngineConfig, PromptsConfig) {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
+        (
+            EngineConfig { manifest, threads: 1, sparse_kernel: SparseKernel::Auto },
+            PromptsConfig {
+                text: prompts.iter().map(|s| s.to_string()).collect(),
+                mask_threshold: None,
+                score_threshold: None,
+                max_prompts: 8,
+            },
+        )
+    }
+
+    #[test]
+    fn infers_config_and_client_prompts_on_the_fixture() {
+        let (e, p) = configs(&["red circle", "blue square"]);
+        let mut engine = Engine::load(&e, &p).unwrap();
+        assert_eq!(engine.input_size(), (64, 64));
+        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        let rgb = fixture_rgb(64, 64);
+        let masks = MaskConfig { width: 32, height: 24, encoding: MaskEncoding::Rle };
+        let mut out = MaskSet::default();
+        engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+        assert_eq!((out.seq, out.capture_ns, out.len, out.width, out.height), (1, 2, 2, 32, 24));
+        assert_eq!(out.masks()[1].prompt_id, 1);
+        for m in out.masks() {
+            assert_eq!(m.bits.len(), 32 * 24);
+            let ones = m.bits.iter().filter(|b| **b == 1).count();
+            assert!((m.coverage - ones as f32 / 768.0).abs() < 1e-6);
+            assert!((0.0..=1.0).contains(&m.score));
+        }
+
+        let id = engine.prompts().intern("green star").unwrap();
+        assert_eq!(id, 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while engine.active_prompts().len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "client prompt never ran");
+            engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+        }
+        assert_eq!(out.len, 3);
+        assert_eq!(out.masks()[2].prompt_id, 2);
+        engine.prompts().release(id);
+        engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+        assert_eq!(out.len, 2);
+    }
+
+    #[test]
+    fn no_prompts_runs_nothing_and_bad_frames_are_errors() {
+        let (e, p) = configs(&[]);
+        let mut engine = Engine::load(&e, &p).unwrap();
+        let rgb = fixture_rgb(64, 64);
+        let masks = MaskConfig { width: 8, height: 8, encoding: MaskEncoding::Rle };
+        let mut out = MaskSet { len: 5, ..MaskSet::default() };
+        engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+        assert_eq!(out.len, 0);
+
+        let (e, p) = configs(&["red"]);
+        let mut engine = Engine::load(&e, &p).unwrap();
+        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        let err = engine.infer(&frame(&rgb[..3 * 32 * 32], 32, 32), &masks, &mut out).unwrap_err();
+        assert_eq!(format!("{err:#}"), "frame 1: frame is 32x32 but the model takes 64x64");
+    }
+
+    #[test]
+    fn threshold_overrides_are_checked() {
+        let (e, mut p) = configs(&[]);
+        p.score_threshold = Some(1.5);
+        let err = Engine::load(&e, &p).unwrap_err();
+        assert_eq!(format!("{err:#}"), "prompts.score_threshold: 1.5 is not strictly between 0 and 1");
+    }
+
+    #[test]
+    fn load_errors_name_the_manifest() {
+        let (mut e, p) = configs(&[]);
+        e.manifest = PathBuf::from("no/such/manifest.toml");
+        let err = format!("{:#}", Engine::load(&e, &p).unwrap_err());
+        assert!(err.starts_with("no/such/manifest.toml: No such file"), "{err}");
+    }
+}

@@ -1,0 +1,216 @@
+//! The full segmentation graph: one plan, one state, reused input tensors.
+//!
+//! The image tensor `[1, 3, H, W]` is allocated once and written in place every frame
+//! (it is shared with tract as an `Arc`, and tract drops its handle at the end of each
+//! run, so the next frame can write it again). The text tensor `[P, D]` is rebuilt only
+//! when the set of runnable prompts changes.
+//!
+//! The prompt count `P` stays symbolic in the optimised plan, so adding or dropping a
+//! prompt never re-plans (re-optimising costs far more than one frame); `P = 0` is never
+//! run. Leaves out: what the outputs mean (`postprocess.rs`).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tract_onnx::prelude::*;
+
+use crate::engine::manifest::Manifest;
+use crate::engine::plan::{output_f32, Dim, IoSpec, Plan, PlanOptions};
+
+#[derive(Debug)]
+pub struct Segmenter {
+    plan: Plan,
+    state: TypedSimpleState,
+    image: Arc<Tensor>,
+    text: Arc<Tensor>,
+    dim: usize,
+    mask_cells: usize,
+    /// Prompts in `text` (rows).
+    prompts: usize,
+    outputs: TVec<TValue>,
+}
+
+impl Segmenter {
+    /// Loads `[segmenter] model`, checked against the manifest.
+    pub fn load(manifest: &Manifest, options: &PlanOptions) -> anyhow::Result<Segmenter> {
+        let s = &manifest.segmenter;
+        let (w, h) = (manifest.image.width as usize, manifest.image.height as usize);
+        let dim = manifest.text.dim;
+        let f = f32::datum_type();
+        let inputs = [
+            IoSpec::new(&s.image_input, f, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)]),
+            IoSpec::new(&s.text_input, f, &[Dim::Sym("P"), Dim::Fixed(dim)]),
+        ];
+        let [mh, mw] = s.mask_size;
+        let outputs = [
+            IoSpec::new(&s.mask_output, f, &[Dim::Sym("P"), Dim::Fixed(mh), Dim::Fixed(mw)]),
+            IoSpec::new(&s.score_output, f, &[Dim::Sym("P")]),
+        ];
+        let plan = Plan::load(&s.model, manifest.relative(&s.model), &inputs, &outputs, options)
+            .with_context(|| format!("{}: segmenter.model", manifest.path.display()))?;
+        let state = plan.spawn()?;
+        Ok(Segmenter {
+            plan,
+            state,
+            image: Arc::new(Tensor::zero::<f32>(&[1, 3, h, w])?),
+            text: Arc::new(Tensor::zero::<f32>(&[0, dim])?),
+            dim,
+            mask_cells: mh * mw,
+            prompts: 0,
+            outputs: tvec!(),
+        })
+    }
+
+    /// Lets `write` fill the image input (`3 * H * W` floats, NCHW) in place.
+    pub fn write_image<R>(&mut self, write: impl FnOnce(&mut [f32]) -> R) -> anyhow::Result<R> {
+        if Arc::get_mut(&mut self.image).is_none() {
+            // tract kept a handle past the run (not seen with tract 0.23); take a fresh buffer.
+            log::debug!("image input still shared after a run; reallocating it");
+            self.image = Arc::new(Tensor::zero::<f32>(self.image.shape())?);
+        }
+        let tensor = Arc::get_mut(&mut self.image).context("image input is shared")?;
+        let view = tensor.to_plain_array_view_mut::<f32>()?;
+        let slice = view.into_slice().context("image input is not contiguous")?;
+        Ok(write(slice))
+    }
+
+    /// Replaces the prompt embeddings (`rows` of `dim` floats each).
+    pub fn set_text<'a>(&mut self, rows: impl ExactSizeIterator<Item = &'a [f32]>) -> anyhow::Result<()> {
+        let p = rows.len();
+        let mut t = Tensor::zero::<f32>(&[p, self.dim])?;
+        {
+            let view = t.to_plain_array_view_mut::<f32>()?;
+            let dst = view.into_slice().context("text input is not contiguous")?;
+            for (i, row) in rows.enumerate() {
+                anyhow::ensure!(row.len() == self.dim, "embedding has {} values, {} expected", row.len(), self.dim);
+                dst[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
+            }
+        }
+        self.text = Arc::new(t);
+        self.prompts = p;
+        Ok(())
+    }
+
+    pub fn prompts(&self) -> usize {
+        self.prompts
+    }
+
+    /// Runs the graph on the current inputs; read the results with [`Segmenter::outputs`].
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.prompts > 0, "no prompt to run");
+        // Drop the previous outputs first so their buffers are freed before the run.
+        self.outputs.clear();
+        let inputs = tvec!(TValue::from_const(self.image.clone()), TValue::from_const(self.text.clone()));
+        self.outputs = self.state.run(inputs).with_context(|| format!("{}: running", self.plan.shown.display()))?;
+        Ok(())
+    }
+
+    /// `(mask_logits [P * mask_h * mask_w], presence_logits [P])` of the last run.
+    pub fn outputs(&self) -> anyhow::Result<(&[f32], &[f32])> {
+        let masks = output_f32(&self.outputs, 0, "mask_logits")?;
+        let scores = output_f32(&self.outputs, 1, "presence_logits")?;
+        anyhow::ensure!(
+            masks.len() == self.prompts * self.mask_cells && scores.len() == self.prompts,
+            "{}: outputs have {} mask and {} presence values for {} prompts",
+            self.plan.shown.display(),
+            masks.len(),
+            scores.len(),
+            self.prompts
+        );
+        Ok((masks, scores))
+    }
+
+    /// The image input of the last run (for the stage runner and tests).
+    pub fn image(&self) -> &Arc<Tensor> {
+        &self.image
+    }
+
+    pub fn text(&self) -> &Arc<Tensor> {
+        &self.text
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::preprocess::Preprocessor;
+    use crate::source::{FrameView, Rect};
+    use std::path::{Path, PathBuf};
+
+    pub(crate) fn fixture_manifest() -> Manifest {
+        Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml")).unwrap()
+    }
+
+    /// The deterministic fixture image (`fixture_pixel` in `tests/fixtures/make_fixture.py`).
+    pub(crate) fn fixture_rgb(w: usize, h: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    v.push(((x * 7 + y * 13 + c * 71 + (x * y) % 17) % 256) as u8);
+                }
+            }
+        }
+        v
+    }
+
+    pub(crate) fn frame(data: &[u8], w: u32, h: u32) -> FrameView<'_> {
+        FrameView {
+            seq: 1,
+            capture_ns: 2,
+            width: w,
+            height: h,
+            stride: 3 * w as usize,
+            data,
+            content: Rect { x: 0, y: 0, width: w, height: h },
+            source_width: w,
+            source_height: h,
+        }
+    }
+
+    /// Rows of `reference.tsv`: (text vector, presence logit, mask logits).
+    pub(crate) fn reference() -> Vec<(Vec<f32>, f32, Vec<f32>)> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/reference.tsv");
+        let text = std::fs::read_to_string(path).unwrap();
+        let floats = |s: &str| s.split(' ').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let c: Vec<&str> = l.split('\t').collect();
+                (floats(c[0]), c[1].parse().unwrap(), floats(c[2]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_onnxruntime_on_the_fixture() {
+        let m = fixture_manifest();
+        let mut seg = Segmenter::load(&m, &PlanOptions::default()).unwrap();
+        let pre = Preprocessor::new(&m.image);
+        let rgb = fixture_rgb(64, 64);
+        seg.write_image(|buf| pre.run(&frame(&rgb, 64, 64), buf)).unwrap().unwrap();
+        let refs = reference();
+        seg.set_text(refs.iter().map(|r| r.0.as_slice())).unwrap();
+        for _ in 0..2 {
+            // twice: the reused image tensor must be writable again and give the same result
+            seg.write_image(|buf| pre.run(&frame(&rgb, 64, 64), buf)).unwrap().unwrap();
+            seg.run().unwrap();
+            let (masks, scores) = seg.outputs().unwrap();
+            for (p, (_, score, mask)) in refs.iter().enumerate() {
+                assert!((scores[p] - score).abs() < 1e-4, "presence {p}: {} vs {score}", scores[p]);
+                let got = &masks[p * 256..(p + 1) * 256];
+                let worst = got.iter().zip(mask).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-4, "mask {p}: max diff {worst}");
+            }
+        }
+        assert_eq!(Arc::strong_count(seg.image()), 1, "tract must not keep the input");
+    }
+
+    #[test]
+    fn zero_prompts_is_refused() {
+        let m = fixture_manifest();
+        let mut seg = Segmenter::load(&m, &PlanOptions::default()).unwrap();
+        assert!(seg.run().is_err());
+        assert!(seg.set_text([&[0.0f32; 3][..]].into_iter()).is_err(), "wrong width");
+    }
+}

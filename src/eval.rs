@@ -1,0 +1,459 @@
+//! `maskd eval`: the Rust pipeline's accuracy on a labelled set.
+//!
+//! Runs exactly the daemon's code (tokenizer, text encoder, preprocessing, segmenter
+//! plan, postprocessing with the manifest's thresholds) on each image of the set, all of
+//! an image's prompts in one run, with masks made at the image's full size, and compares
+//! them with the ground truth: IoU per present prompt; an absent prompt (no mask in the
+//! index) is right when its predicted mask covers at most 1% of the image. Images not at
+//! the model's input size are stretched to it (no letterbox).
+//!
+//! Set index (TOML, paths relative to it):
+//! ```toml
+//! [[sample]]
+//! image = "images/0000.jpg"
+//! [[sample.prompt]]
+//! text = "a crimson disc"
+//! concept = "red circle"
+//! mask = "masks/0000_00.png"   # omitted => the concept is absent, the mask must be empty
+//! kind = "generated"           # or "real"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::plan::PlanOptions;
+use crate::engine::postprocess::{Postprocessor, Thresholds};
+use crate::engine::preprocess::Preprocessor;
+use crate::engine::segmenter::Segmenter;
+use crate::engine::text::{TextEncoder, Tokenizer};
+use crate::engine::Manifest;
+use crate::masks::MaskSet;
+use crate::source::{FrameView, Rect};
+
+/// An absent prompt's mask may cover at most this fraction of the image.
+pub const ABSENT_MAX_COVERAGE: f32 = 0.01;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Model manifest.
+    #[arg(long, default_value = "models/default.toml")]
+    pub manifest: PathBuf,
+    /// Eval set index (TOML).
+    #[arg(long, default_value = "models/eval/index.toml")]
+    pub set: PathBuf,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Threads for tract's matmuls.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Only the first N images (quick checks).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Generated,
+    Real,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawSet {
+    #[serde(default)]
+    sample: Vec<RawSample>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawSample {
+    image: PathBuf,
+    #[serde(default)]
+    prompt: Vec<RawPrompt>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawPrompt {
+    text: String,
+    concept: Option<String>,
+    mask: Option<PathBuf>,
+    kind: Option<Kind>,
+}
+
+/// One labelled image, paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub image: PathBuf,
+    pub prompts: Vec<Prompt>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub text: String,
+    /// Grouping key for the per-concept table (the text when the index gives none).
+    pub concept: String,
+    /// `None`: the concept is absent from the image.
+    pub mask: Option<PathBuf>,
+    pub kind: Kind,
+}
+
+/// Reads the set index at `path`.
+pub fn load_set(path: &Path) -> anyhow::Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let raw: RawSet = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    Ok(raw
+        .sample
+        .into_iter()
+        .map(|s| Sample {
+            image: dir.join(s.image),
+            prompts: s
+                .prompt
+                .into_iter()
+                .map(|p| Prompt {
+                    concept: p.concept.unwrap_or_else(|| p.text.clone()),
+                    text: p.text,
+                    mask: p.mask.map(|m| dir.join(m)),
+                    kind: p.kind.unwrap_or(Kind::Generated),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// The daemon's pipeline, driven one image at a time.
+pub struct Evaluator {
+    manifest: Manifest,
+    tokenizer: Tokenizer,
+    encoder: TextEncoder,
+    embeddings: HashMap<String, Vec<f32>>,
+    seg: Segmenter,
+    pre: Preprocessor,
+    post: Postprocessor,
+    masks: MaskSet,
+    /// Seconds spent in the segmenter (all prompts of an image per run).
+    pub infer_s: f64,
+    pub runs: usize,
+}
+
+impl Evaluator {
+    pub fn new(manifest: Manifest, threads: usize) -> anyhow::Result<Evaluator> {
+        let t = &manifest.text;
+        let tokenizer = Tokenizer::from_vocab_file(&t.vocab, t.lowercase, t.max_tokens)
+            .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
+        let encoder = TextEncoder::load(&manifest)?;
+        let seg = Segmenter::load(&manifest, &PlanOptions::with_threads(threads))?;
+        let pre = Preprocessor::new(&manifest.image);
+        let s = &manifest.segmenter;
+        let thresholds = Thresholds { mask: s.mask_threshold, score: s.score_threshold };
+        let post = Postprocessor::new(s.mask_size, (manifest.image.width, manifest.image.height), thresholds);
+        Ok(Evaluator {
+            manifest,
+            tokenizer,
+            encoder,
+            embeddings: HashMap::new(),
+            seg,
+            pre,
+            post,
+            masks: MaskSet::default(),
+            infer_s: 0.0,
+            runs: 0,
+        })
+    }
+
+    /// Masks for `prompts` on `image`, at the image's size, in prompt order.
+    pub fn predict(&mut self, image: &image::RgbImage, prompts: &[&str]) -> anyhow::Result<&MaskSet> {
+        for p in prompts {
+            if !self.embeddings.contains_key(*p) {
+                let tokens = self.tokenizer.encode(p.trim());
+                let v = self.encoder.encode(&tokens.ids).with_context(|| format!("encoding {p:?}"))?;
+                self.embeddings.insert((*p).to_owned(), v);
+            }
+        }
+        let rows: Vec<&[f32]> = prompts.iter().filter_map(|p| self.embeddings.get(*p).map(Vec::as_slice)).collect();
+        self.seg.set_text(rows.into_iter())?;
+        let (w, h) = (self.manifest.image.width, self.manifest.image.height);
+        let scaled;
+        let model_image = if image.dimensions() == (w, h) {
+            image
+        } else {
+            scaled = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
+            &scaled
+        };
+        let frame = FrameView {
+            seq: self.runs as u64,
+            capture_ns: 0,
+            width: w,
+            height: h,
+            stride: 3 * w as usize,
+            data: model_image.as_raw(),
+            content: Rect { x: 0, y: 0, width: w, height: h },
+            source_width: image.width(),
+            source_height: image.height(),
+        };
+        let pre = &self.pre;
+        self.seg.write_image(|buf| pre.run(&frame, buf))??;
+        let start = Instant::now();
+        self.seg.run()?;
+        self.infer_s += start.elapsed().as_secs_f64();
+        self.runs += 1;
+        let (mask_logits, presence) = self.seg.outputs()?;
+        let ids: Vec<u32> = (0..prompts.len() as u32).collect();
+        self.post.run(mask_logits, presence, &ids, frame.content, image.dimensions(), &mut self.masks)?;
+        Ok(&self.masks)
+    }
+}
+
+/// Intersection over union of two 0/1 masks; two empty masks agree perfectly.
+pub fn iou(a: &[u8], b: &[u8]) -> f32 {
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (x, y) in a.iter().zip(b) {
+        inter += (*x & *y) as u64;
+        union += (*x | *y) as u64;
+    }
+    if union == 0 { 1.0 } else { inter as f32 / union as f32 }
+}
+
+/// Figures for one group of prompts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Score {
+    /// Prompts whose concept is in the image.
+    pub present: usize,
+    /// Mean IoU over them (0 if none).
+    pub miou: f64,
+    /// Prompts whose concept is not in the image.
+    pub absent: usize,
+    /// Fraction of those whose mask covers at most 1% of the image (0 if none).
+    pub absent_ok_rate: f64,
+    #[serde(skip)]
+    iou_sum: f64,
+    #[serde(skip)]
+    absent_ok: usize,
+}
+
+impl Score {
+    fn add_present(&mut self, iou: f32) {
+        self.present += 1;
+        self.iou_sum += iou as f64;
+        self.miou = self.iou_sum / self.present as f64;
+    }
+
+    fn add_absent(&mut self, ok: bool) {
+        self.absent += 1;
+        self.absent_ok += ok as usize;
+        self.absent_ok_rate = self.absent_ok as f64 / self.absent as f64;
+    }
+}
+
+/// Everything `maskd eval` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub manifest: String,
+    pub set: String,
+    pub images: usize,
+    /// Mean IoU over the present prompts of the generated images (the headline figure).
+    pub miou: f64,
+    /// Absent-prompt rate over every absent prompt.
+    pub absent_ok_rate: f64,
+    pub generated: Score,
+    pub real: Score,
+    pub concepts: BTreeMap<String, Score>,
+    pub threads: usize,
+    /// Mean segmenter time per image (all its prompts in one run), milliseconds.
+    pub infer_ms_per_image: f64,
+    pub total_s: f64,
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let report = evaluate(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+/// Runs the whole set.
+pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let manifest = Manifest::load(&args.manifest)?;
+    let model = manifest.name.clone();
+    let mut samples = load_set(&args.set)?;
+    if let Some(n) = args.limit {
+        samples.truncate(n);
+    }
+    let mut ev = Evaluator::new(manifest, args.threads)?;
+    let (mut generated, mut real, mut all_absent) = (Score::default(), Score::default(), Score::default());
+    let mut concepts: BTreeMap<String, Score> = BTreeMap::new();
+    for sample in &samples {
+        let image = image::open(&sample.image)
+            .with_context(|| format!("{}: {}", args.set.display(), sample.image.display()))?
+            .to_rgb8();
+        let texts: Vec<&str> = sample.prompts.iter().map(|p| p.text.as_str()).collect();
+        let masks = ev.predict(&image, &texts).with_context(|| format!("{}", sample.image.display()))?;
+        for (p, m) in sample.prompts.iter().zip(masks.masks()) {
+            let by_kind = if p.kind == Kind::Real { &mut real } else { &mut generated };
+            let concept = concepts.entry(p.concept.clone()).or_default();
+            match &p.mask {
+                Some(path) => {
+                    let truth = load_mask(path, image.dimensions())?;
+                    let v = iou(&m.bits, &truth);
+                    by_kind.add_present(v);
+                    concept.add_present(v);
+                }
+                None => {
+                    let ok = m.coverage <= ABSENT_MAX_COVERAGE;
+                    by_kind.add_absent(ok);
+                    concept.add_absent(ok);
+                    all_absent.add_absent(ok);
+                }
+            }
+        }
+    }
+    Ok(Report {
+        model,
+        manifest: args.manifest.display().to_string(),
+        set: args.set.display().to_string(),
+        images: samples.len(),
+        miou: generated.miou,
+        absent_ok_rate: all_absent.absent_ok_rate,
+        generated,
+        real,
+        concepts,
+        threads: args.threads.max(1),
+        infer_ms_per_image: if ev.runs > 0 { 1e3 * ev.infer_s / ev.runs as f64 } else { 0.0 },
+        total_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A ground-truth mask: any image, pixels > 127 (as grey) are the object.
+pub fn load_mask(path: &Path, size: (u32, u32)) -> anyhow::Result<Vec<u8>> {
+    let img = image::open(path).with_context(|| format!("{}", path.display()))?.to_luma8();
+    anyhow::ensure!(
+        img.dimensions() == size,
+        "{}: mask is {}x{} but its image is {}x{}",
+        path.display(),
+        img.width(),
+        img.height(),
+        size.0,
+        size.1
+    );
+    Ok(img.as_raw().iter().map(|v| (*v > 127) as u8).collect())
+}
+
+/// The text form of a report.
+pub fn render(r: &Report) -> String {
+    let mut s = format!(
+        "maskd eval: model {} ({}), set {} ({} images), {} thread(s)\n\n",
+        r.model, r.manifest, r.set, r.images, r.threads
+    );
+    let width = r.concepts.keys().map(|k| k.chars().count()).max().unwrap_or(7).max(7);
+    s += &format!("{:width$}  {:>7}  {:>6}  {:>6}  {:>9}\n", "concept", "present", "mIoU", "absent", "absent-ok");
+    for (name, c) in &r.concepts {
+        s += &format!(
+            "{name:width$}  {:>7}  {:>6}  {:>6}  {:>9}\n",
+            c.present,
+            fmt_rate(c.present, c.miou),
+            c.absent,
+            fmt_rate(c.absent, c.absent_ok_rate)
+        );
+    }
+    for (name, k) in [("generated", &r.generated), ("real", &r.real)] {
+        s += &format!(
+            "\n{name:9}: mIoU {} over {} present prompts; absent-ok {} over {} absent prompts",
+            fmt_rate(k.present, k.miou),
+            k.present,
+            fmt_rate(k.absent, k.absent_ok_rate),
+            k.absent
+        );
+    }
+    s += &format!(
+        "\n\nmIoU (generated) {:.4}, absent-prompt rate {:.4}; segmenter {:.1} ms/image, total {:.1} s\n",
+        r.miou, r.absent_ok_rate, r.infer_ms_per_image, r.total_s
+    );
+    s
+}
+
+fn fmt_rate(n: usize, v: f64) -> String {
+    if n == 0 { "-".to_owned() } else { format!("{v:.3}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml")
+    }
+
+    #[test]
+    fn iou_counts() {
+        assert_eq!(iou(&[1, 1, 0, 0], &[1, 0, 1, 0]), 1.0 / 3.0);
+        assert_eq!(iou(&[0, 0], &[0, 0]), 1.0);
+        assert_eq!(iou(&[1, 0], &[0, 1]), 0.0);
+    }
+
+    /// Ground truth made from the pipeline's own predictions must score IoU 1 and the
+    /// absent prompt must be judged by coverage: checks the whole eval path end to end.
+    #[test]
+    fn own_predictions_score_perfectly() {
+        let dir = std::env::temp_dir().join(format!("maskd-eval-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = Manifest::load(&fixture()).unwrap();
+        let mut ev = Evaluator::new(m, 1).unwrap();
+        // 80x48: not the model size, so the stretch path and full-size masks are exercised
+        let img = image::RgbImage::from_fn(80, 48, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 2) as u8]));
+        img.save(dir.join("a.png")).unwrap();
+        let prompts = ["red circle", "blue", "green star"];
+        let masks = ev.predict(&img, &prompts).unwrap().clone();
+        assert_eq!((masks.len, masks.width, masks.height), (3, 80, 48));
+        let mut index = String::from("[[sample]]\nimage = \"a.png\"\n");
+        for (i, (p, mask)) in prompts.iter().zip(masks.masks()).enumerate().take(2) {
+            let png = image::GrayImage::from_fn(80, 48, |x, y| image::Luma([mask.bits[(y * 80 + x) as usize] * 255]));
+            png.save(dir.join(format!("m{i}.png"))).unwrap();
+            index += &format!("[[sample.prompt]]\ntext = \"{p}\"\nconcept = \"c{i}\"\nmask = \"m{i}.png\"\nkind = \"generated\"\n");
+        }
+        index += "[[sample.prompt]]\ntext = \"green star\"\nconcept = \"c2\"\nkind = \"real\"\n";
+        std::fs::write(dir.join("index.toml"), index).unwrap();
+        let args = EvalArgs { manifest: fixture(), set: dir.join("index.toml"), json: true, threads: 1, limit: None };
+        let r = evaluate(&args).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(r.images, 1);
+        assert_eq!((r.generated.present, r.miou), (2, 1.0));
+        assert_eq!((r.real.absent, r.absent_ok_rate), (1, if masks.masks()[2].coverage <= 0.01 { 1.0 } else { 0.0 }));
+        assert_eq!(r.concepts.len(), 3);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["miou"], 1.0);
+        assert!(json["concepts"]["c0"]["present"] == 1);
+        assert!(render(&r).contains("mIoU (generated) 1.0000"));
+    }
+
+    #[test]
+    fn index_paths_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("maskd-evalset-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("index.toml");
+        std::fs::write(&path, "[[sample]]\nimage = \"i.jpg\"\n[[sample.prompt]]\ntext = \"x\"\n").unwrap();
+        let s = load_set(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s[0].image, dir.join("i.jpg"));
+        assert_eq!(s[0].prompts[0], Prompt { text: "x".into(), concept: "x".into(), mask: None, kind: Kind::Generated });
+    }
+
+    #[test]
+    fn mask_size_mismatch_is_named() {
+        let dir = std::env::temp_dir().join(format!("maskd-evalmask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("m.png");
+        image::GrayImage::new(4, 4).save(&p).unwrap();
+        let err = load_mask(&p, (5, 4)).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.ends_with("m.png: mask is 4x4 but its image is 5x4"), "{err}");
+    }
+}

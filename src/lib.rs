@@ -1,0 +1,12 @@
+//! maskd: camera frames -> text-prompted segmentation -> masks on a local socket.
+//!
+//! Data flows one way through the stage modules:
+//! [`source`] (GStreamer appsink) -> [`engine`] (tract) -> [`masks`] (encode) -> [`publish`] (socket).
+//! [`config`] and [`lifecycle`] sit beside the flow; only `daemon` sees all stages.
+
+pub mod config;
+pub mod engine;
+pub mod lifecycle;
+pub mod masks;
+pub mod publish;
+pub mod source;

@@ -1,0 +1,2 @@
+//! maskd binary (being assembled).
+fn main() {}

@@ -1,0 +1,262 @@
+"""maskd-vitseg-t8: a small text-prompted ViT segmenter with LATE text fusion.
+
+Image encoder (prompt independent):
+  stem      : conv3x3 3->24 s2, GELU, conv3x3 24->32 s2, GELU     -> skip [B,32,H/4,W/4]
+  embed     : 16x16 patches (reshape) -> Linear 768->192 + learned pos-emb (14x14, no class token)
+  8 blocks  : pre-norm ViT, width 192, 3 heads, MLP 768, tanh-GELU
+  final LN
+Decoder:
+  LN(tokens) -> [B,192,h,w] -> 1x1 conv 192->96, x2 bilinear, 3x3 conv 96->64, GELU, x2 bilinear,
+  concat skip, 1x1 conv 96->64, GELU, depthwise 3x3, 1x1 conv 64->64  => pixel embeddings [B,64,H/4,W/4]
+Text side (per prompt, 384-d MiniLM embedding):
+  query  = MLP(384->256->64);  mask logits = <pixel emb, query> * s + b          [P,56,56]
+  presence: attention pooling of the final tokens with a text-derived query,
+            logit = MLP(pooled value * (1 + text gate)) + a * max_hw(mask logits) + b   [P]
+
+All learnable projections are nn.Linear (or Conv2d in stem/decoder) so that N:M masks
+can later be applied to the Linear weights of the blocks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+WIDTH, DEPTH, HEADS, MLP, PATCH = 192, 8, 3, 768, 16
+GRID = 14  # 224 / 16
+TEXT_DIM = 384
+D = 64
+SKIP_C = 32
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class LayerNormDecomposed(nn.Module):
+    """LayerNorm written with plain ops (ReduceMean/Sub/Mul/Sqrt/Div); same parameters as nn.LayerNorm."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = ln.weight, ln.bias, ln.eps
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)
+        xc = x - mu
+        var = (xc * xc).mean(-1, keepdim=True)
+        return xc / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class Block(nn.Module):
+    def __init__(self, dim=WIDTH, heads=HEADS, mlp=MLP):
+        super().__init__()
+        self.heads = heads
+        self.hd = dim // heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, mlp)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(mlp, dim)
+
+    def forward(self, x, explicit: bool = False, return_attn: bool = False):
+        B, T, C = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(B, -1, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B,H,T,hd]
+        if explicit or return_attn:
+            a = torch.matmul(q * (1.0 / math.sqrt(self.hd)), k.transpose(-2, -1))
+            a = torch.softmax(a, dim=-1)  # [B,H,Tq,Tk]
+            o = torch.matmul(a, v)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)
+            a = None
+        o = o.transpose(1, 2).reshape(B, -1, C)
+        x = x + self.proj(o)
+        x = x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        if return_attn:
+            # attention probability each (key) token receives, averaged over heads and query tokens
+            received = a.mean(dim=1).mean(dim=1)  # [B,T]
+            return x, received
+        return x
+
+
+class Stem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 24, 3, 2, 1)
+        self.c2 = nn.Conv2d(24, SKIP_C, 3, 2, 1)
+        self.act = nn.GELU(approximate="tanh")
+
+    def forward(self, x):
+        return self.act(self.c2(self.act(self.c1(x))))
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(WIDTH, eps=1e-6)
+        self.p1 = nn.Conv2d(WIDTH, 96, 1)
+        self.c1 = nn.Conv2d(96, 64, 3, 1, 1)
+        self.p2 = nn.Conv2d(64 + SKIP_C, 64, 1)
+        self.dw = nn.Conv2d(64, 64, 3, 1, 1, groups=64)
+        self.c2 = nn.Conv2d(64, D, 1)
+        self.act = nn.GELU(approximate="tanh")
+        # text -> mask query
+        self.q1 = nn.Linear(TEXT_DIM, 256)
+        self.q2 = nn.Linear(256, D)
+        self.mask_scale = nn.Parameter(torch.tensor(1.0))
+        self.mask_bias = nn.Parameter(torch.tensor(-4.0))
+        # presence head
+        self.pk = nn.Linear(WIDTH, D)
+        self.pv = nn.Linear(WIDTH, 128)
+        self.pq1 = nn.Linear(TEXT_DIM, 256)
+        self.pq2 = nn.Linear(256, D)
+        self.pg = nn.Linear(TEXT_DIM, 128)
+        self.ph1 = nn.Linear(128, 128)
+        self.ph2 = nn.Linear(128, 1)
+        self.pres_a = nn.Parameter(torch.tensor(1.0))
+        self.pres_b = nn.Parameter(torch.tensor(0.0))
+
+    def pixel_map(self, tokens, skip):
+        """tokens [B,T,192] (T = h*w), skip [B,48,4h,4w] -> pixel embeddings [B,D,4h,4w], normed tokens."""
+        B, T, C = tokens.shape
+        t = self.norm(tokens)
+        h, w = skip.shape[2] // 4, skip.shape[3] // 4
+        x = t.transpose(1, 2).reshape(B, C, h, w)
+        x = self.p1(x)
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = self.act(self.c1(x))
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = torch.cat([x, skip], 1)
+        x = self.c2(self.act(self.dw(self.act(self.p2(x)))))
+        return x, t
+
+    def forward(self, tokens, skip, text):
+        """Batched over images and prompts: text [B,P,384] -> mask [B,P,h,w], presence [B,P]."""
+        pix, t = self.pixel_map(tokens, skip)
+        q = self.q2(self.act(self.q1(text)))  # [B,P,D]
+        B, _, H, W = pix.shape
+        mask = torch.matmul(q, pix.reshape(B, D, H * W)).reshape(B, -1, H, W)  # [B,P,H,W]
+        mask = mask * (self.mask_scale / math.sqrt(D)) + self.mask_bias
+        pres = self.presence(t, text) + self.pres_a * mask.amax(dim=(2, 3)) + self.pres_b
+        return mask, pres
+
+    def presence(self, t, text):
+        k = self.pk(t)  # [B,T,D]
+        v = self.pv(t)  # [B,T,128]
+        pq = self.pq2(self.act(self.pq1(text)))  # [B,P,D]
+        att = torch.softmax(torch.matmul(pq, k.transpose(1, 2)) * (1.0 / math.sqrt(D)), dim=-1)  # [B,P,T]
+        pooled = torch.matmul(att, v)  # [B,P,128]
+        g = pooled * (1.0 + self.pg(text))
+        return self.ph2(self.act(self.ph1(g)))[..., 0]  # [B,P]
+
+
+class ViTSeg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = Stem()
+        self.patch = nn.Linear(3 * PATCH * PATCH, WIDTH)
+        self.pos = nn.Parameter(torch.randn(1, GRID * GRID, WIDTH) * 0.02)
+        self.blocks = nn.ModuleList([Block() for _ in range(DEPTH)])
+        self.decoder = Decoder()
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def pos_embed(self, h, w, offsets=None):
+        """Full grid, or per-sample h x w windows of the 14x14 grid (training on crops)."""
+        if offsets is None:
+            assert h == GRID and w == GRID
+            return self.pos
+        g = self.pos.reshape(GRID, GRID, WIDTH)
+        return torch.stack([g[oy:oy + h, ox:ox + w].reshape(h * w, WIDTH) for oy, ox in offsets])
+
+    def embed(self, image, offsets=None):
+        """image [B,3,H,W] normalised -> tokens [B,T,192], skip [B,32,H/4,W/4]."""
+        skip = self.stem(image)
+        B, _, H, W = image.shape
+        h, w = H // PATCH, W // PATCH
+        x = image.reshape(B, 3, h, PATCH, w, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, 3 * PATCH * PATCH)
+        x = self.patch(x) + self.pos_embed(h, w, offsets)
+        return x, skip
+
+    def encode(self, image, explicit=False, offsets=None):
+        x, skip = self.embed(image, offsets)
+        for b in self.blocks:
+            x = b(x, explicit=explicit)
+        return x, skip
+
+    def forward(self, image, text, offsets=None):
+        """Training form: image [B,3,H,W], text [B,P,384] -> mask logits [B,P,H/4,W/4], presence [B,P].
+        offsets: per-sample (row, col) of the crop in patch units (crops of a 224 scene), None = full 224."""
+        x, skip = self.encode(image, offsets=offsets)
+        return self.decoder(x, skip, text)
+
+
+def decompose_layernorms(model: nn.Module):
+    """Replace nn.LayerNorm by LayerNormDecomposed (shares parameters) - for export."""
+    for name, mod in list(model.named_children()):
+        if isinstance(mod, nn.LayerNorm):
+            setattr(model, name, LayerNormDecomposed(mod))
+        else:
+            decompose_layernorms(mod)
+    return model
+
+
+# ---------------------------------------------------------------- export wrappers (batch 1 image)
+class SegFull(nn.Module):
+    """image [1,3,224,224], text [P,384] -> mask_logits [P,56,56], presence_logits [P]."""
+
+    def __init__(self, m: ViTSeg):
+        super().__init__()
+        self.m = m
+
+    def forward(self, image, text):
+        x, skip = self.m.embed(image)
+        for b in self.m.blocks:
+            x = b(x, explicit=True)
+        mask, pres = self.m.decoder(x, skip, text.unsqueeze(0))
+        return mask[0], pres[0]
+
+
+class SegEmbed(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, image):
+        return self.m.embed(image)
+
+
+class SegBlock(nn.Module):
+    def __init__(self, b):
+        super().__init__()
+        self.b = b
+
+    def forward(self, tokens):
+        return self.b(tokens, explicit=True, return_attn=True)
+
+
+class SegDecoder(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, tokens, skip, text):
+        mask, pres = self.m.decoder(tokens, skip, text.unsqueeze(0))
+        return mask[0], pres[0]
+
+
+def param_count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+if __name__ == "__main__":
+    m = ViTSeg()
+    print("params", param_count(m), "blocks", sum(param_count(b) for b in m.blocks), "decoder", param_count(m.decoder))

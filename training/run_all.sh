@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerate everything in models/ from scratch: text-encoder parts, data, training, export,
+# evaluation set, evaluation, demo clip and the text reference file.  Not run by CI.
+# Needs the environment of training/setup.sh.  On the 2-core CPU box this takes ~2 h
+# (data ~20 min, training MINUTES (default 72), export+eval ~10 min).
+#   MINUTES=72 training/run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-/work/venv-train/bin/python}
+MINUTES=${MINUTES:-72}
+export PY
+training/fetch_parts.sh                                   # models/text/*
+"$PY" training/textenc.py --out tests/data/text_reference.tsv
+"$PY" training/gen_data.py --split train --seed 1 --n 20000 --out training/work/data/train
+"$PY" training/gen_data.py --split eval --seed 1000 --n 400 --out training/work/data/val
+rm -f training/work/curve.tsv
+# one thread: on a shared 2-core machine two OpenMP threads ran 5x SLOWER than one
+"$PY" training/train.py --minutes "$MINUTES" --threads 1 2>&1 | tee training/work/train.log
+"$PY" training/export.py --ckpt training/work/ckpt/final.pt   # models/seg/*, models/default.toml
+"$PY" training/gen_eval.py --n 150 --seed 2000               # models/eval/*
+"$PY" training/eval.py --json training/work/eval_results.json
+"$PY" training/make_clip.py --check                          # models/demo/clip.webm
