@@ -1,13 +1,13 @@
 //! Command-line interface: one binary, one subcommand per job.
 //!
-//! Each subcommand's arguments live beside its implementation (`subscribe`,
-//! `eval`, ...); this file only assembles them so `--help` shows one tree.
+//! Each subcommand's arguments live beside its implementation (`eval`,
+//! `inspect`, ...); this file only assembles them so `--help` shows one tree.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Text-prompted segmentation daemon: camera frames in, masks out on a local socket.
+/// Text-prompted segmentation for robots: camera frames in, masks out on a local socket.
 #[derive(Debug, Parser)]
 #[command(name = "maskd", version, about, propagate_version = true)]
 pub struct Cli {
@@ -19,8 +19,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: source -> model -> masks -> socket, until SIGTERM/SIGINT.
     Run(RunArgs),
-    /// Connect to a running daemon, subscribe to prompts and print or save the masks.
-    Subscribe(crate::subscribe::SubscribeArgs),
     /// Print a model's (or manifest's) inputs, outputs, ops and parameters.
     Inspect(crate::inspect::InspectArgs),
     /// Evaluate a model on a labelled set with the Rust pipeline (IoU, absent-prompt rate).

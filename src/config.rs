@@ -245,24 +245,27 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
 /// with spans (toml's error keeps its key path private).
 fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
     let doc = toml::de::DeTable::parse(text).ok()?;
-    let mut path = Vec::new();
-    find_key(doc.get_ref(), span, &mut path);
-    (!path.is_empty()).then(|| path.join("."))
+    find_key(doc.get_ref(), span).map(|path| path.join("."))
 }
 
-fn find_key(table: &toml::de::DeTable<'_>, span: &Range<usize>, path: &mut Vec<String>) {
+/// A `[table]`'s value span covers only its header, so every table is
+/// searched; the header itself names the table (a missing key points there).
+fn find_key(table: &toml::de::DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
     let covers = |s: Range<usize>| s.start <= span.start && span.end <= s.end;
     for (key, value) in table {
+        let name = || key.get_ref().to_string();
         if covers(key.span()) {
-            path.push(key.get_ref().to_string());
-            return;
+            return Some(vec![name()]);
+        }
+        if let toml::de::DeValue::Table(inner) = value.get_ref() {
+            if let Some(mut path) = find_key(inner, span) {
+                path.insert(0, name());
+                return Some(path);
+            }
         }
         if covers(value.span()) {
-            path.push(key.get_ref().to_string());
-            if let toml::de::DeValue::Table(inner) = value.get_ref() {
-                find_key(inner, span, path);
-            }
-            return;
+            return Some(vec![name()]);
         }
     }
+    None
 }

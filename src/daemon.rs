@@ -60,7 +60,10 @@ pub fn run(mut cfg: Config, listener: Option<OwnedFd>, signals: &Signals) -> any
     if !engine.wait_for_prompts(PROMPT_STARTUP_WAIT) {
         warn!("config prompts not encoded after {PROMPT_STARTUP_WAIT:?}; they start once ready");
     }
-    source.start().context("starting the source pipeline")?;
+    if let Err(err) = source.start() {
+        // A camera missing at boot is retried with backoff like one lost later.
+        warn!("source not started yet, retrying: {err}");
+    }
     notifier.ready();
     info!(
         "ready: model input {width}x{height}, socket {}",

@@ -149,8 +149,15 @@ impl Evaluator {
         let seg = Segmenter::load(&manifest, &PlanOptions::with_threads(threads))?;
         let pre = Preprocessor::new(&manifest.image);
         let s = &manifest.segmenter;
-        let thresholds = Thresholds { mask: s.mask_threshold, score: s.score_threshold };
-        let post = Postprocessor::new(s.mask_size, (manifest.image.width, manifest.image.height), thresholds);
+        let thresholds = Thresholds {
+            mask: s.mask_threshold,
+            score: s.score_threshold,
+        };
+        let post = Postprocessor::new(
+            s.mask_size,
+            (manifest.image.width, manifest.image.height),
+            thresholds,
+        );
         Ok(Evaluator {
             manifest,
             tokenizer,
@@ -166,15 +173,25 @@ impl Evaluator {
     }
 
     /// Masks for `prompts` on `image`, at the image's size, in prompt order.
-    pub fn predict(&mut self, image: &image::RgbImage, prompts: &[&str]) -> anyhow::Result<&MaskSet> {
+    pub fn predict(
+        &mut self,
+        image: &image::RgbImage,
+        prompts: &[&str],
+    ) -> anyhow::Result<&MaskSet> {
         for p in prompts {
             if !self.embeddings.contains_key(*p) {
                 let tokens = self.tokenizer.encode(p.trim());
-                let v = self.encoder.encode(&tokens.ids).with_context(|| format!("encoding {p:?}"))?;
+                let v = self
+                    .encoder
+                    .encode(&tokens.ids)
+                    .with_context(|| format!("encoding {p:?}"))?;
                 self.embeddings.insert((*p).to_owned(), v);
             }
         }
-        let rows: Vec<&[f32]> = prompts.iter().filter_map(|p| self.embeddings.get(*p).map(Vec::as_slice)).collect();
+        let rows: Vec<&[f32]> = prompts
+            .iter()
+            .filter_map(|p| self.embeddings.get(*p).map(Vec::as_slice))
+            .collect();
         self.seg.set_text(rows.into_iter())?;
         let (w, h) = (self.manifest.image.width, self.manifest.image.height);
         let scaled;
@@ -191,7 +208,12 @@ impl Evaluator {
             height: h,
             stride: 3 * w as usize,
             data: model_image.as_raw(),
-            content: Rect { x: 0, y: 0, width: w, height: h },
+            content: Rect {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            },
             source_width: image.width(),
             source_height: image.height(),
         };
@@ -203,7 +225,14 @@ impl Evaluator {
         self.runs += 1;
         let (mask_logits, presence) = self.seg.outputs()?;
         let ids: Vec<u32> = (0..prompts.len() as u32).collect();
-        self.post.run(mask_logits, presence, &ids, frame.content, image.dimensions(), &mut self.masks)?;
+        self.post.run(
+            mask_logits,
+            presence,
+            &ids,
+            frame.content,
+            image.dimensions(),
+            &mut self.masks,
+        )?;
         Ok(&self.masks)
     }
 }
@@ -215,7 +244,11 @@ pub fn iou(a: &[u8], b: &[u8]) -> f32 {
         inter += (*x & *y) as u64;
         union += (*x | *y) as u64;
     }
-    if union == 0 { 1.0 } else { inter as f32 / union as f32 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f32 / union as f32
+    }
 }
 
 /// Figures for one group of prompts.
@@ -289,16 +322,23 @@ pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
         samples.truncate(n);
     }
     let mut ev = Evaluator::new(manifest, args.threads)?;
-    let (mut generated, mut real, mut all_absent) = (Score::default(), Score::default(), Score::default());
+    let (mut generated, mut real, mut all_absent) =
+        (Score::default(), Score::default(), Score::default());
     let mut concepts: BTreeMap<String, Score> = BTreeMap::new();
     for sample in &samples {
         let image = image::open(&sample.image)
             .with_context(|| format!("{}: {}", args.set.display(), sample.image.display()))?
             .to_rgb8();
         let texts: Vec<&str> = sample.prompts.iter().map(|p| p.text.as_str()).collect();
-        let masks = ev.predict(&image, &texts).with_context(|| format!("{}", sample.image.display()))?;
+        let masks = ev
+            .predict(&image, &texts)
+            .with_context(|| format!("{}", sample.image.display()))?;
         for (p, m) in sample.prompts.iter().zip(masks.masks()) {
-            let by_kind = if p.kind == Kind::Real { &mut real } else { &mut generated };
+            let by_kind = if p.kind == Kind::Real {
+                &mut real
+            } else {
+                &mut generated
+            };
             let concept = concepts.entry(p.concept.clone()).or_default();
             match &p.mask {
                 Some(path) => {
@@ -327,14 +367,20 @@ pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
         real,
         concepts,
         threads: args.threads.max(1),
-        infer_ms_per_image: if ev.runs > 0 { 1e3 * ev.infer_s / ev.runs as f64 } else { 0.0 },
+        infer_ms_per_image: if ev.runs > 0 {
+            1e3 * ev.infer_s / ev.runs as f64
+        } else {
+            0.0
+        },
         total_s: start.elapsed().as_secs_f64(),
     })
 }
 
 /// A ground-truth mask: any image, pixels > 127 (as grey) are the object.
 pub fn load_mask(path: &Path, size: (u32, u32)) -> anyhow::Result<Vec<u8>> {
-    let img = image::open(path).with_context(|| format!("{}", path.display()))?.to_luma8();
+    let img = image::open(path)
+        .with_context(|| format!("{}", path.display()))?
+        .to_luma8();
     anyhow::ensure!(
         img.dimensions() == size,
         "{}: mask is {}x{} but its image is {}x{}",
@@ -353,8 +399,17 @@ pub fn render(r: &Report) -> String {
         "maskd eval: model {} ({}), set {} ({} images), {} thread(s)\n\n",
         r.model, r.manifest, r.set, r.images, r.threads
     );
-    let width = r.concepts.keys().map(|k| k.chars().count()).max().unwrap_or(7).max(7);
-    s += &format!("{:width$}  {:>7}  {:>6}  {:>6}  {:>9}\n", "concept", "present", "mIoU", "absent", "absent-ok");
+    let width = r
+        .concepts
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    s += &format!(
+        "{:width$}  {:>7}  {:>6}  {:>6}  {:>9}\n",
+        "concept", "present", "mIoU", "absent", "absent-ok"
+    );
     for (name, c) in &r.concepts {
         s += &format!(
             "{name:width$}  {:>7}  {:>6}  {:>6}  {:>9}\n",
@@ -381,7 +436,11 @@ pub fn render(r: &Report) -> String {
 }
 
 fn fmt_rate(n: usize, v: f64) -> String {
-    if n == 0 { "-".to_owned() } else { format!("{v:.3}") }
+    if n == 0 {
+        "-".to_owned()
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 #[cfg(test)]
@@ -408,25 +467,45 @@ mod tests {
         let m = Manifest::load(&fixture()).unwrap();
         let mut ev = Evaluator::new(m, 1).unwrap();
         // 80x48: not the model size, so the stretch path and full-size masks are exercised
-        let img = image::RgbImage::from_fn(80, 48, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 2) as u8]));
+        let img = image::RgbImage::from_fn(80, 48, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+        });
         img.save(dir.join("a.png")).unwrap();
         let prompts = ["red circle", "blue", "green star"];
         let masks = ev.predict(&img, &prompts).unwrap().clone();
         assert_eq!((masks.len, masks.width, masks.height), (3, 80, 48));
         let mut index = String::from("[[sample]]\nimage = \"a.png\"\n");
         for (i, (p, mask)) in prompts.iter().zip(masks.masks()).enumerate().take(2) {
-            let png = image::GrayImage::from_fn(80, 48, |x, y| image::Luma([mask.bits[(y * 80 + x) as usize] * 255]));
+            let png = image::GrayImage::from_fn(80, 48, |x, y| {
+                image::Luma([mask.bits[(y * 80 + x) as usize] * 255])
+            });
             png.save(dir.join(format!("m{i}.png"))).unwrap();
             index += &format!("[[sample.prompt]]\ntext = \"{p}\"\nconcept = \"c{i}\"\nmask = \"m{i}.png\"\nkind = \"generated\"\n");
         }
         index += "[[sample.prompt]]\ntext = \"green star\"\nconcept = \"c2\"\nkind = \"real\"\n";
         std::fs::write(dir.join("index.toml"), index).unwrap();
-        let args = EvalArgs { manifest: fixture(), set: dir.join("index.toml"), json: true, threads: 1, limit: None };
+        let args = EvalArgs {
+            manifest: fixture(),
+            set: dir.join("index.toml"),
+            json: true,
+            threads: 1,
+            limit: None,
+        };
         let r = evaluate(&args).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(r.images, 1);
         assert_eq!((r.generated.present, r.miou), (2, 1.0));
-        assert_eq!((r.real.absent, r.absent_ok_rate), (1, if masks.masks()[2].coverage <= 0.01 { 1.0 } else { 0.0 }));
+        assert_eq!(
+            (r.real.absent, r.absent_ok_rate),
+            (
+                1,
+                if masks.masks()[2].coverage <= 0.01 {
+                    1.0
+                } else {
+                    0.0
+                }
+            )
+        );
         assert_eq!(r.concepts.len(), 3);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["miou"], 1.0);
@@ -439,11 +518,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("maskd-evalset-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("index.toml");
-        std::fs::write(&path, "[[sample]]\nimage = \"i.jpg\"\n[[sample.prompt]]\ntext = \"x\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[[sample]]\nimage = \"i.jpg\"\n[[sample.prompt]]\ntext = \"x\"\n",
+        )
+        .unwrap();
         let s = load_set(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s[0].image, dir.join("i.jpg"));
-        assert_eq!(s[0].prompts[0], Prompt { text: "x".into(), concept: "x".into(), mask: None, kind: Kind::Generated });
+        assert_eq!(
+            s[0].prompts[0],
+            Prompt {
+                text: "x".into(),
+                concept: "x".into(),
+                mask: None,
+                kind: Kind::Generated
+            }
+        );
     }
 
     #[test]
@@ -454,6 +545,9 @@ mod tests {
         image::GrayImage::new(4, 4).save(&p).unwrap();
         let err = load_mask(&p, (5, 4)).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(err.ends_with("m.png: mask is 4x4 but its image is 5x4"), "{err}");
+        assert!(
+            err.ends_with("m.png: mask is 4x4 but its image is 5x4"),
+            "{err}"
+        );
     }
 }

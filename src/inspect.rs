@@ -114,29 +114,59 @@ pub fn inspect(path: &Path) -> anyhow::Result<GraphInfo> {
     let proto = tract_onnx::onnx()
         .proto_model_for_path(path)
         .with_context(|| format!("{}: reading the ONNX protobuf", path.display()))?;
-    let graph = proto.graph.as_ref().with_context(|| format!("{}: has no graph", path.display()))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .with_context(|| format!("{}: has no graph", path.display()))?;
     let opset = proto
         .opset_import
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(0, |o| o.version);
-    let initialisers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs = graph.input.iter().filter(|i| !initialisers.contains(i.name.as_str())).map(io_info).collect();
+    let initialisers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs = graph
+        .input
+        .iter()
+        .filter(|i| !initialisers.contains(i.name.as_str()))
+        .map(io_info)
+        .collect();
     let outputs = graph.output.iter().map(io_info).collect();
     let mut ops = BTreeMap::new();
-    let mut weights: Vec<WeightInfo> = graph.initializer.iter().map(|t| weight_info(&t.name, t)).collect();
+    let mut weights: Vec<WeightInfo> = graph
+        .initializer
+        .iter()
+        .map(|t| weight_info(&t.name, t))
+        .collect();
     count_ops(graph, &mut ops, &mut weights);
-    let producer = format!("{} {}", proto.producer_name, proto.producer_version).trim().to_owned();
-    Ok(GraphInfo { producer, opset, inputs, outputs, ops, weights })
+    let producer = format!("{} {}", proto.producer_name, proto.producer_version)
+        .trim()
+        .to_owned();
+    Ok(GraphInfo {
+        producer,
+        opset,
+        inputs,
+        outputs,
+        ops,
+        weights,
+    })
 }
 
-fn count_ops(graph: &pb::GraphProto, ops: &mut BTreeMap<String, usize>, weights: &mut Vec<WeightInfo>) {
+fn count_ops(
+    graph: &pb::GraphProto,
+    ops: &mut BTreeMap<String, usize>,
+    weights: &mut Vec<WeightInfo>,
+) {
     for node in &graph.node {
         *ops.entry(node.op_type.clone()).or_default() += 1;
         for attr in &node.attribute {
             if node.op_type == "Constant" && attr.name == "value" {
                 if let Some(t) = &attr.t {
-                    let name = node.output.first().cloned().unwrap_or_else(|| node.name.clone());
+                    let name = node
+                        .output
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| node.name.clone());
                     weights.push(weight_info(&name, t));
                 }
             }
@@ -168,14 +198,25 @@ fn io_info(v: &pb::ValueInfoProto) -> IoInfo {
         }
         _ => ("?", vec![]),
     };
-    IoInfo { name: v.name.clone(), dtype, shape }
+    IoInfo {
+        name: v.name.clone(),
+        dtype,
+        shape,
+    }
 }
 
 fn weight_info(name: &str, t: &pb::TensorProto) -> WeightInfo {
     let params = t.dims.iter().map(|d| (*d).max(0) as u64).product::<u64>();
     let (dtype, size) = dtype_name(t.data_type);
     let external = t.data_location == Some(pb::tensor_proto::DataLocation::External as i32);
-    WeightInfo { name: name.to_owned(), shape: t.dims.clone(), dtype, params, bytes: params * size, external }
+    WeightInfo {
+        name: name.to_owned(),
+        shape: t.dims.clone(),
+        dtype,
+        params,
+        bytes: params * size,
+        external,
+    }
 }
 
 /// ONNX element type -> (name, bytes per element).
@@ -203,12 +244,25 @@ fn dtype_name(t: i32) -> (&'static str, u64) {
 }
 
 fn render(out: &mut String, g: &GraphInfo, weights: bool) -> std::fmt::Result {
-    writeln!(out, "producer: {}, opset {}", if g.producer.is_empty() { "?" } else { &g.producer }, g.opset)?;
+    writeln!(
+        out,
+        "producer: {}, opset {}",
+        if g.producer.is_empty() {
+            "?"
+        } else {
+            &g.producer
+        },
+        g.opset
+    )?;
     for (title, list) in [("inputs", &g.inputs), ("outputs", &g.outputs)] {
         writeln!(out, "{title}:")?;
         let width = list.iter().map(|i| i.name.len()).max().unwrap_or(0);
         for io in list {
-            let shape = if io.shape.is_empty() { "scalar".to_owned() } else { io.shape.join("x") };
+            let shape = if io.shape.is_empty() {
+                "scalar".to_owned()
+            } else {
+                io.shape.join("x")
+            };
             writeln!(out, "  {:width$}  {:4}  {shape}", io.name, io.dtype)?;
         }
     }
@@ -216,7 +270,12 @@ fn render(out: &mut String, g: &GraphInfo, weights: bool) -> std::fmt::Result {
     let mut ops: Vec<(&String, &usize)> = g.ops.iter().collect();
     ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let list: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
-    writeln!(out, "ops ({nodes} nodes, {} types): {}", ops.len(), list.join(", "))?;
+    writeln!(
+        out,
+        "ops ({nodes} nodes, {} types): {}",
+        ops.len(),
+        list.join(", ")
+    )?;
     let external = g.weights.iter().filter(|w| w.external).count();
     writeln!(
         out,
@@ -224,15 +283,37 @@ fn render(out: &mut String, g: &GraphInfo, weights: bool) -> std::fmt::Result {
         human(g.params(), ""),
         g.weights.len(),
         human(g.bytes(), "B"),
-        if external > 0 { format!(" ({external} tensors in external data)") } else { String::new() }
+        if external > 0 {
+            format!(" ({external} tensors in external data)")
+        } else {
+            String::new()
+        }
     )?;
     if weights {
-        let width = g.weights.iter().map(|w| w.name.len()).max().unwrap_or(4).max(4);
-        writeln!(out, "  {:width$}  {:>16}  {:4}  {:>10}  {:>10}", "name", "shape", "type", "params", "bytes")?;
+        let width = g
+            .weights
+            .iter()
+            .map(|w| w.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            out,
+            "  {:width$}  {:>16}  {:4}  {:>10}  {:>10}",
+            "name", "shape", "type", "params", "bytes"
+        )?;
         for w in &g.weights {
             let shape: Vec<String> = w.shape.iter().map(i64::to_string).collect();
-            let shape = if shape.is_empty() { "scalar".to_owned() } else { shape.join("x") };
-            writeln!(out, "  {:width$}  {shape:>16}  {:4}  {:>10}  {:>10}", w.name, w.dtype, w.params, w.bytes)?;
+            let shape = if shape.is_empty() {
+                "scalar".to_owned()
+            } else {
+                shape.join("x")
+            };
+            writeln!(
+                out,
+                "  {:width$}  {shape:>16}  {:4}  {:>10}  {:>10}",
+                w.name, w.dtype, w.params, w.bytes
+            )?;
         }
     }
     Ok(())
@@ -254,36 +335,62 @@ mod tests {
     use super::*;
 
     fn fixture(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fixture")
+            .join(rel)
     }
 
     #[test]
     fn fixture_segmenter_summary() {
         let g = inspect(&fixture("seg/seg.onnx")).unwrap();
         assert_eq!(g.opset, 17);
-        assert_eq!(g.inputs[0], IoInfo { name: "image".into(), dtype: "f32", shape: vec!["1".into(), "3".into(), "64".into(), "64".into()] });
+        assert_eq!(
+            g.inputs[0],
+            IoInfo {
+                name: "image".into(),
+                dtype: "f32",
+                shape: vec!["1".into(), "3".into(), "64".into(), "64".into()]
+            }
+        );
         assert_eq!(g.inputs[1].shape, ["P", "16"]);
         assert_eq!(g.outputs[1].name, "presence_logits");
         assert_eq!(g.ops["LayerNormalization"], 4);
-        let patch = g.weights.iter().find(|w| w.name == "embed.patch.w").unwrap();
-        assert_eq!((patch.params, patch.bytes, patch.external), (32 * 3 * 16 * 16, 4 * 32 * 3 * 16 * 16, true));
+        let patch = g
+            .weights
+            .iter()
+            .find(|w| w.name == "embed.patch.w")
+            .unwrap();
+        assert_eq!(
+            (patch.params, patch.bytes, patch.external),
+            (32 * 3 * 16 * 16, 4 * 32 * 3 * 16 * 16, true)
+        );
         assert!(g.params() > 40_000, "{}", g.params());
     }
 
     #[test]
     fn manifest_report_covers_every_graph() {
         let text = report(&fixture("fixture.toml"), true).unwrap();
-        for key in ["== text.model: text.onnx", "== segmenter.model: seg/seg.onnx", "== stages.blocks[1]: seg/block1.onnx"] {
+        for key in [
+            "== text.model: text.onnx",
+            "== segmenter.model: seg/seg.onnx",
+            "== stages.blocks[1]: seg/block1.onnx",
+        ] {
             assert!(text.contains(key), "{key} missing in\n{text}");
         }
         assert!(text.contains("attn_received"), "{text}");
-        assert!(text.contains("embed.patch.w"), "--weights lists weights:\n{text}");
+        assert!(
+            text.contains("embed.patch.w"),
+            "--weights lists weights:\n{text}"
+        );
     }
 
     #[test]
     fn unreadable_file_is_named() {
         let err = format!("{:#}", inspect(Path::new("no/such.onnx")).unwrap_err());
-        assert!(err.starts_with("no/such.onnx: reading the ONNX protobuf"), "{err}");
+        assert!(
+            err.starts_with("no/such.onnx: reading the ONNX protobuf"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! [`source`] (GStreamer appsink) -> [`engine`] (tract) -> [`masks`] (encode) -> [`publish`] (socket).
 //! [`config`] and [`lifecycle`] sit beside the flow; only `daemon` sees all stages.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod eval;
+pub mod inspect;
 pub mod lifecycle;
 pub mod masks;
 pub mod publish;

@@ -1,2 +1,23 @@
-//! maskd binary (being assembled).
-fn main() {}
+//! maskd binary: parse arguments, dispatch, report errors and pick the exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use maskd::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => maskd::daemon::main(&args.config),
+        Command::Inspect(args) => maskd::inspect::run(args),
+        Command::Eval(args) => maskd::eval::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line: file, key, reason.
+            eprintln!("maskd: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -18,12 +18,26 @@ pub enum ManifestError {
     Read { path: PathBuf, source: io::Error },
     /// TOML syntax, a wrong type or an unknown key; `line:col` locate it.
     #[error("{}:{line}:{col}: {message}", path.display())]
-    Parse { path: PathBuf, line: usize, col: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
     #[error("{}: {key}: {reason}", path.display())]
-    Invalid { path: PathBuf, key: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     /// A file the manifest names is missing or unreadable.
     #[error("{}: {key}: {}: {source}", path.display(), file.display())]
-    File { path: PathBuf, key: String, file: PathBuf, source: io::Error },
+    File {
+        path: PathBuf,
+        key: String,
+        file: PathBuf,
+        source: io::Error,
+    },
 }
 
 /// A validated manifest; paths are absolute or relative to the working directory.
@@ -201,8 +215,10 @@ fn default_threshold() -> f32 {
 impl Manifest {
     /// Reads, validates and resolves the manifest at `path`; every file it names must exist.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let manifest = Manifest::parse(&text, path)?;
         manifest.check_files()?;
         Ok(manifest)
@@ -234,7 +250,10 @@ impl Manifest {
         if !(3..=MAX_MAX_TOKENS).contains(&t.max_tokens) {
             return Err(invalid(
                 "text.max_tokens",
-                format!("{} is outside 3..={MAX_MAX_TOKENS} ([CLS], one token, [SEP])", t.max_tokens),
+                format!(
+                    "{} is outside 3..={MAX_MAX_TOKENS} ([CLS], one token, [SEP])",
+                    t.max_tokens
+                ),
             ));
         }
         for (key, v) in [
@@ -247,7 +266,10 @@ impl Manifest {
             }
         }
         if t.token_type_ids.as_deref() == Some("") {
-            return Err(invalid("text.token_type_ids", "is empty (omit the key instead)".into()));
+            return Err(invalid(
+                "text.token_type_ids",
+                "is empty (omit the key instead)".into(),
+            ));
         }
         let text = TextSpec {
             model: dir.join(&t.model),
@@ -263,26 +285,53 @@ impl Manifest {
 
         let i = raw.image;
         if i.width == 0 || i.height == 0 {
-            return Err(invalid("image", format!("size {}x{} is empty", i.width, i.height)));
-        }
-        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0) || i.mean.iter().any(|m| !m.is_finite()) {
             return Err(invalid(
-                "image.std",
-                format!("mean {:?} / std {:?}: std must be finite and non-zero", i.mean, i.std),
+                "image",
+                format!("size {}x{} is empty", i.width, i.height),
             ));
         }
-        let image = ImageSpec { width: i.width, height: i.height, mean: i.mean, std: i.std };
+        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0)
+            || i.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(invalid(
+                "image.std",
+                format!(
+                    "mean {:?} / std {:?}: std must be finite and non-zero",
+                    i.mean, i.std
+                ),
+            ));
+        }
+        let image = ImageSpec {
+            width: i.width,
+            height: i.height,
+            mean: i.mean,
+            std: i.std,
+        };
 
         let s = raw.segmenter;
         if s.mask_size.contains(&0) {
-            return Err(invalid("segmenter.mask_size", format!("{:?} is empty", s.mask_size)));
+            return Err(invalid(
+                "segmenter.mask_size",
+                format!("{:?} is empty", s.mask_size),
+            ));
         }
-        for (key, v) in [("segmenter.mask_threshold", s.mask_threshold), ("segmenter.score_threshold", s.score_threshold)] {
+        for (key, v) in [
+            ("segmenter.mask_threshold", s.mask_threshold),
+            ("segmenter.score_threshold", s.score_threshold),
+        ] {
             check_threshold(v).map_err(|reason| invalid(key, reason))?;
         }
-        let names = [&s.image_input, &s.text_input, &s.mask_output, &s.score_output];
+        let names = [
+            &s.image_input,
+            &s.text_input,
+            &s.mask_output,
+            &s.score_output,
+        ];
         if names.iter().any(|n| n.is_empty()) {
-            return Err(invalid("segmenter", "an input or output name is empty".into()));
+            return Err(invalid(
+                "segmenter",
+                "an input or output name is empty".into(),
+            ));
         }
         let segmenter = SegmenterSpec {
             model: dir.join(&s.model),
@@ -302,7 +351,10 @@ impl Manifest {
                     return Err(invalid("stages.blocks", "is empty".into()));
                 }
                 if st.tokens == 0 || st.width == 0 {
-                    return Err(invalid("stages", format!("tokens {} / width {} must be > 0", st.tokens, st.width)));
+                    return Err(invalid(
+                        "stages",
+                        format!("tokens {} / width {} must be > 0", st.tokens, st.width),
+                    ));
                 }
                 Some(StagesSpec {
                     embed: dir.join(&st.embed),
@@ -316,7 +368,14 @@ impl Manifest {
         if raw.name.trim().is_empty() {
             return Err(invalid("name", "is empty".into()));
         }
-        Ok(Manifest { path: path.to_owned(), name: raw.name, text, image, segmenter, stages })
+        Ok(Manifest {
+            path: path.to_owned(),
+            name: raw.name,
+            text,
+            image,
+            segmenter,
+            stages,
+        })
     }
 
     /// Every file the manifest names, with the key naming it.
@@ -342,7 +401,10 @@ impl Manifest {
                 if m.is_file() {
                     Ok(m)
                 } else {
-                    Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a regular file",
+                    ))
                 }
             });
             if let Err(source) = meta {
@@ -435,16 +497,39 @@ mask_size = [56, 48]
     fn invalid_values_name_the_key() {
         let cases = [
             ("dim = 384", "dim = 0", "text.dim"),
-            ("mask_size = [56, 48]", "mask_size = [0, 48]", "segmenter.mask_size"),
-            ("mask_size = [56, 48]", "mask_size = [56, 48]\nscore_threshold = 1.0", "segmenter.score_threshold"),
-            ("std = [0.229, 0.224, 0.225]", "std = [0.229, 0.0, 0.225]", "image.std"),
+            (
+                "mask_size = [56, 48]",
+                "mask_size = [0, 48]",
+                "segmenter.mask_size",
+            ),
+            (
+                "mask_size = [56, 48]",
+                "mask_size = [56, 48]\nscore_threshold = 1.0",
+                "segmenter.score_threshold",
+            ),
+            (
+                "std = [0.229, 0.224, 0.225]",
+                "std = [0.229, 0.0, 0.225]",
+                "image.std",
+            ),
             ("dim = 384", "dim = 384\nmax_tokens = 2", "text.max_tokens"),
-            ("dim = 384", "dim = 384\ntoken_type_ids = \"\"", "text.token_type_ids"),
+            (
+                "dim = 384",
+                "dim = 384\ntoken_type_ids = \"\"",
+                "text.token_type_ids",
+            ),
         ];
         for (from, to, key) in cases {
             let err = parse(&GOOD.replace(from, to)).unwrap_err();
-            assert!(matches!(&err, ManifestError::Invalid { key: k, .. } if k == key), "{to}: {err}");
-            assert!(err.to_string().starts_with(&format!("models/default.toml: {key}: ")), "{err}");
+            assert!(
+                matches!(&err, ManifestError::Invalid { key: k, .. } if k == key),
+                "{to}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("models/default.toml: {key}: ")),
+                "{err}"
+            );
         }
     }
 
@@ -472,7 +557,13 @@ mask_size = [56, 48]
         let err = Manifest::load(&path).unwrap_err();
         let msg = err.to_string();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(msg.starts_with(&format!("{}: segmenter.model: seg/seg.onnx: ", path.display())), "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "{}: segmenter.model: seg/seg.onnx: ",
+                path.display()
+            )),
+            "{msg}"
+        );
         assert!(msg.contains("No such file"), "{msg}");
     }
 }

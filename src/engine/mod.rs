@@ -18,17 +18,6 @@ pub mod segmenter;
 pub mod stages;
 pub mod text;
 
-// TEMPORARY, until lib.rs registers `pub mod eval; pub mod inspect;` (the lead's file):
-// compiles and tests those two modules from here. Delete these lines when registering.
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../eval.rs"]
-mod eval_unregistered;
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../inspect.rs"]
-mod inspect_unregistered;
-
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,16 +59,30 @@ impl Engine {
     }
 
     /// As [`Engine::load`], from an already loaded manifest (`maskd eval`).
-    pub fn from_manifest(manifest: Manifest, threads: usize, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
+    pub fn from_manifest(
+        manifest: Manifest,
+        threads: usize,
+        prompts: &PromptsConfig,
+    ) -> anyhow::Result<Engine> {
         let thresholds = Thresholds {
-            mask: prompts.mask_threshold.unwrap_or(manifest.segmenter.mask_threshold),
-            score: prompts.score_threshold.unwrap_or(manifest.segmenter.score_threshold),
+            mask: prompts
+                .mask_threshold
+                .unwrap_or(manifest.segmenter.mask_threshold),
+            score: prompts
+                .score_threshold
+                .unwrap_or(manifest.segmenter.score_threshold),
         };
-        manifest::check_threshold(thresholds.mask).map_err(|r| anyhow::anyhow!("prompts.mask_threshold: {r}"))?;
-        manifest::check_threshold(thresholds.score).map_err(|r| anyhow::anyhow!("prompts.score_threshold: {r}"))?;
+        manifest::check_threshold(thresholds.mask)
+            .map_err(|r| anyhow::anyhow!("prompts.mask_threshold: {r}"))?;
+        manifest::check_threshold(thresholds.score)
+            .map_err(|r| anyhow::anyhow!("prompts.score_threshold: {r}"))?;
 
-        let tokenizer = Tokenizer::from_vocab_file(&manifest.text.vocab, manifest.text.lowercase, manifest.text.max_tokens)
-            .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
+        let tokenizer = Tokenizer::from_vocab_file(
+            &manifest.text.vocab,
+            manifest.text.lowercase,
+            manifest.text.max_tokens,
+        )
+        .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
         let encoder = TextEncoder::load(&manifest)?;
         let seg = Segmenter::load(&manifest, &PlanOptions::with_threads(threads))?;
         let worker = EncoderWorker::spawn(encoder).context("starting the text encoder thread")?;
@@ -99,7 +102,15 @@ impl Engine {
             manifest.image.height,
             threads.max(1)
         );
-        Ok(Engine { manifest, pre, seg, post, prompts: registry, active: Vec::new(), generation: None })
+        Ok(Engine {
+            manifest,
+            pre,
+            seg,
+            post,
+            prompts: registry,
+            active: Vec::new(),
+            generation: None,
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -125,12 +136,22 @@ impl Engine {
     /// Segments `frame` for every prompt that has its embedding, masks sized as `masks`
     /// says and covering the frame's `content` rectangle. No runnable prompt: `out.len = 0`
     /// and no inference is run.
-    pub fn infer(&mut self, frame: &FrameView<'_>, masks: &MaskConfig, out: &mut MaskSet) -> anyhow::Result<()> {
+    pub fn infer(
+        &mut self,
+        frame: &FrameView<'_>,
+        masks: &MaskConfig,
+        out: &mut MaskSet,
+    ) -> anyhow::Result<()> {
         self.infer_sized(frame, (masks.width, masks.height), out)
     }
 
     /// [`Engine::infer`] with an explicit mask size `(width, height)`.
-    pub fn infer_sized(&mut self, frame: &FrameView<'_>, size: (u32, u32), out: &mut MaskSet) -> anyhow::Result<()> {
+    pub fn infer_sized(
+        &mut self,
+        frame: &FrameView<'_>,
+        size: (u32, u32),
+        out: &mut MaskSet,
+    ) -> anyhow::Result<()> {
         self.prompts.poll();
         if self.generation != Some(self.prompts.generation()) {
             self.rebuild_text()?;
@@ -149,10 +170,19 @@ impl Engine {
         self.seg
             .write_image(|buf| pre.run(frame, buf))?
             .with_context(|| format!("frame {}", frame.seq))?;
-        self.seg.run().with_context(|| format!("frame {}", frame.seq))?;
+        self.seg
+            .run()
+            .with_context(|| format!("frame {}", frame.seq))?;
         let (mask_logits, presence) = self.seg.outputs()?;
         self.post
-            .run(mask_logits, presence, &self.active, frame.content, size, out)
+            .run(
+                mask_logits,
+                presence,
+                &self.active,
+                frame.content,
+                size,
+                out,
+            )
             .with_context(|| format!("frame {}", frame.seq))?;
         Ok(())
     }
@@ -164,7 +194,8 @@ impl Engine {
 
     fn rebuild_text(&mut self) -> anyhow::Result<()> {
         self.active.clear();
-        self.active.extend(self.prompts.runnable().map(|(id, _)| id));
+        self.active
+            .extend(self.prompts.runnable().map(|(id, _)| id));
         let rows: Vec<&[f32]> = self.prompts.runnable().map(|(_, v)| v).collect();
         self.seg.set_text(rows.into_iter())?;
         self.generation = Some(self.prompts.generation());
@@ -182,9 +213,14 @@ mod tests {
     use std::path::PathBuf;
 
     fn configs(prompts: &[&str]) -> (EngineConfig, PromptsConfig) {
-        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
+        let manifest =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
         (
-            EngineConfig { manifest, threads: 1, sparse_kernel: SparseKernel::Auto },
+            EngineConfig {
+                manifest,
+                threads: 1,
+                sparse_kernel: SparseKernel::Auto,
+            },
             PromptsConfig {
                 text: prompts.iter().map(|s| s.to_string()).collect(),
                 mask_threshold: None,
@@ -201,10 +237,19 @@ mod tests {
         assert_eq!(engine.input_size(), (64, 64));
         assert!(engine.wait_for_prompts(Duration::from_secs(30)));
         let rgb = fixture_rgb(64, 64);
-        let masks = MaskConfig { width: 32, height: 24, encoding: MaskEncoding::Rle };
+        let masks = MaskConfig {
+            width: 32,
+            height: 24,
+            encoding: MaskEncoding::Rle,
+        };
         let mut out = MaskSet::default();
-        engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
-        assert_eq!((out.seq, out.capture_ns, out.len, out.width, out.height), (1, 2, 2, 32, 24));
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+            .unwrap();
+        assert_eq!(
+            (out.seq, out.capture_ns, out.len, out.width, out.height),
+            (1, 2, 2, 32, 24)
+        );
         assert_eq!(out.masks()[1].prompt_id, 1);
         for m in out.masks() {
             assert_eq!(m.bits.len(), 32 * 24);
@@ -217,13 +262,20 @@ mod tests {
         assert_eq!(id, 2);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while engine.active_prompts().len() < 3 {
-            assert!(std::time::Instant::now() < deadline, "client prompt never ran");
-            engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client prompt never ran"
+            );
+            engine
+                .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+                .unwrap();
         }
         assert_eq!(out.len, 3);
         assert_eq!(out.masks()[2].prompt_id, 2);
         engine.prompts().release(id);
-        engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+            .unwrap();
         assert_eq!(out.len, 2);
     }
 
@@ -232,16 +284,30 @@ mod tests {
         let (e, p) = configs(&[]);
         let mut engine = Engine::load(&e, &p).unwrap();
         let rgb = fixture_rgb(64, 64);
-        let masks = MaskConfig { width: 8, height: 8, encoding: MaskEncoding::Rle };
-        let mut out = MaskSet { len: 5, ..MaskSet::default() };
-        engine.infer(&frame(&rgb, 64, 64), &masks, &mut out).unwrap();
+        let masks = MaskConfig {
+            width: 8,
+            height: 8,
+            encoding: MaskEncoding::Rle,
+        };
+        let mut out = MaskSet {
+            len: 5,
+            ..MaskSet::default()
+        };
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+            .unwrap();
         assert_eq!(out.len, 0);
 
         let (e, p) = configs(&["red"]);
         let mut engine = Engine::load(&e, &p).unwrap();
         assert!(engine.wait_for_prompts(Duration::from_secs(30)));
-        let err = engine.infer(&frame(&rgb[..3 * 32 * 32], 32, 32), &masks, &mut out).unwrap_err();
-        assert_eq!(format!("{err:#}"), "frame 1: frame is 32x32 but the model takes 64x64");
+        let err = engine
+            .infer(&frame(&rgb[..3 * 32 * 32], 32, 32), &masks, &mut out)
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "frame 1: frame is 32x32 but the model takes 64x64"
+        );
     }
 
     #[test]
@@ -249,7 +315,10 @@ mod tests {
         let (e, mut p) = configs(&[]);
         p.score_threshold = Some(1.5);
         let err = Engine::load(&e, &p).unwrap_err();
-        assert_eq!(format!("{err:#}"), "prompts.score_threshold: 1.5 is not strictly between 0 and 1");
+        assert_eq!(
+            format!("{err:#}"),
+            "prompts.score_threshold: 1.5 is not strictly between 0 and 1"
+        );
     }
 
     #[test]
@@ -257,6 +326,9 @@ mod tests {
         let (mut e, p) = configs(&[]);
         e.manifest = PathBuf::from("no/such/manifest.toml");
         let err = format!("{:#}", Engine::load(&e, &p).unwrap_err());
-        assert!(err.starts_with("no/such/manifest.toml: No such file"), "{err}");
+        assert!(
+            err.starts_with("no/such/manifest.toml: No such file"),
+            "{err}"
+        );
     }
 }

@@ -38,7 +38,11 @@ pub struct IoSpec {
 
 impl IoSpec {
     pub fn new(name: &str, dt: DatumType, dims: &[Dim]) -> IoSpec {
-        IoSpec { name: name.to_owned(), dt, dims: dims.to_vec() }
+        IoSpec {
+            name: name.to_owned(),
+            dt,
+            dims: dims.to_vec(),
+        }
     }
 }
 
@@ -56,8 +60,12 @@ impl PlanOptions {
     /// `threads` > 1 gets a private pool of that many threads, shared by every plan
     /// built with these options (so two graphs never oversubscribe the cores).
     pub fn with_threads(threads: usize) -> PlanOptions {
-        let executor = (threads > 1).then(|| Executor::multithread_with_name(threads, "maskd-tract"));
-        PlanOptions { ignore_value_info: false, executor }
+        let executor =
+            (threads > 1).then(|| Executor::multithread_with_name(threads, "maskd-tract"));
+        PlanOptions {
+            ignore_value_info: false,
+            executor,
+        }
     }
 }
 
@@ -65,15 +73,35 @@ impl PlanOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
     #[error("{}: no input \"{name}\" (the graph's inputs: {})", file.display(), available.join(", "))]
-    MissingInput { file: PathBuf, name: String, available: Vec<String> },
+    MissingInput {
+        file: PathBuf,
+        name: String,
+        available: Vec<String>,
+    },
     #[error("{}: input \"{name}\" is not named in the manifest", file.display())]
     ExtraInput { file: PathBuf, name: String },
     #[error("{}: no output \"{name}\" (the graph's outputs: {})", file.display(), available.join(", "))]
-    MissingOutput { file: PathBuf, name: String, available: Vec<String> },
+    MissingOutput {
+        file: PathBuf,
+        name: String,
+        available: Vec<String>,
+    },
     #[error("{}: {kind} \"{name}\" is {graph} but the manifest says {manifest}", file.display())]
-    Shape { file: PathBuf, kind: &'static str, name: String, graph: String, manifest: String },
+    Shape {
+        file: PathBuf,
+        kind: &'static str,
+        name: String,
+        graph: String,
+        manifest: String,
+    },
     #[error("{}: {kind} \"{name}\" has type {graph:?} but the manifest says {manifest:?}", file.display())]
-    Type { file: PathBuf, kind: &'static str, name: String, graph: DatumType, manifest: DatumType },
+    Type {
+        file: PathBuf,
+        kind: &'static str,
+        name: String,
+        graph: DatumType,
+        manifest: DatumType,
+    },
 }
 
 /// A loaded, checked, optimised graph.
@@ -104,33 +132,58 @@ impl Plan {
             .into_optimized()
             .with_context(|| format!("{}: optimising the graph", shown.display()))?;
         check_outputs(&typed, shown, outputs)?;
-        let run_options = RunOptions { executor: options.executor.clone(), ..RunOptions::default() };
+        let run_options = RunOptions {
+            executor: options.executor.clone(),
+            ..RunOptions::default()
+        };
         let plan = TypedSimplePlan::new_with_options(typed, &run_options)
             .with_context(|| format!("{}: building the plan", shown.display()))?;
-        Ok(Plan { plan, shown: shown.to_owned() })
+        Ok(Plan {
+            plan,
+            shown: shown.to_owned(),
+        })
     }
 
     /// The `ix`-th output's shape after optimisation (concrete where the graph fixes it).
     pub fn output_shape(&self, ix: usize) -> anyhow::Result<Vec<TDim>> {
-        Ok(self.plan.model().output_fact(ix)?.shape.iter().cloned().collect())
+        Ok(self
+            .plan
+            .model()
+            .output_fact(ix)?
+            .shape
+            .iter()
+            .cloned()
+            .collect())
     }
 
     /// A fresh state (one per runner, reused for every run).
     pub fn spawn(&self) -> anyhow::Result<TypedSimpleState> {
-        self.plan.spawn().with_context(|| format!("{}: spawning a state", self.shown.display()))
+        self.plan
+            .spawn()
+            .with_context(|| format!("{}: spawning a state", self.shown.display()))
     }
 }
 
 fn input_names(model: &InferenceModel) -> Vec<String> {
-    let outlets = model.input_outlets().map(|o| o.to_vec()).unwrap_or_default();
-    outlets.iter().map(|o| model.node(o.node).name.clone()).collect()
+    let outlets = model
+        .input_outlets()
+        .map(|o| o.to_vec())
+        .unwrap_or_default();
+    outlets
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect()
 }
 
 fn pin_inputs(model: &mut InferenceModel, shown: &Path, inputs: &[IoSpec]) -> anyhow::Result<()> {
     let available = input_names(model);
     for name in &available {
         if !inputs.iter().any(|i| &i.name == name) {
-            return Err(InterfaceError::ExtraInput { file: shown.to_owned(), name: name.clone() }.into());
+            return Err(InterfaceError::ExtraInput {
+                file: shown.to_owned(),
+                name: name.clone(),
+            }
+            .into());
         }
     }
     for spec in inputs {
@@ -159,8 +212,8 @@ fn pin_inputs(model: &mut InferenceModel, shown: &Path, inputs: &[IoSpec]) -> an
             }
             _ => {}
         }
-        let graph_dims: Option<Vec<Option<TDim>>> =
-            (!declared.shape.is_open()).then(|| declared.shape.dims().map(|d| d.concretize()).collect());
+        let graph_dims: Option<Vec<Option<TDim>>> = (!declared.shape.is_open())
+            .then(|| declared.shape.dims().map(|d| d.concretize()).collect());
         match &graph_dims {
             Some(dims) if !dims_compatible(dims, &spec.dims) => {
                 return Err(InterfaceError::Shape {
@@ -198,18 +251,30 @@ fn pin_inputs(model: &mut InferenceModel, shown: &Path, inputs: &[IoSpec]) -> an
 /// A fixed graph dim where the manifest wants a variable one does not fit.
 fn dims_compatible(graph: &[Option<TDim>], spec: &[Dim]) -> bool {
     graph.len() == spec.len()
-        && graph.iter().zip(spec).all(|(g, s)| match (g.as_ref().and_then(|g| g.as_i64()), s) {
-            (None, _) | (_, Dim::Any) => true,
-            (Some(g), Dim::Fixed(n)) => g == *n as i64,
-            (Some(_), Dim::Sym(_)) => false,
-        })
+        && graph
+            .iter()
+            .zip(spec)
+            .all(|(g, s)| match (g.as_ref().and_then(|g| g.as_i64()), s) {
+                (None, _) | (_, Dim::Any) => true,
+                (Some(g), Dim::Fixed(n)) => g == *n as i64,
+                (Some(_), Dim::Sym(_)) => false,
+            })
 }
 
-fn select_outputs(model: &mut InferenceModel, shown: &Path, outputs: &[IoSpec]) -> anyhow::Result<()> {
+fn select_outputs(
+    model: &mut InferenceModel,
+    shown: &Path,
+    outputs: &[IoSpec],
+) -> anyhow::Result<()> {
     let available: Vec<String> = model
         .output_outlets()?
         .iter()
-        .map(|o| model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone()))
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
         .collect();
     let mut outlets = Vec::with_capacity(outputs.len());
     for spec in outputs {
@@ -252,10 +317,12 @@ fn check_outputs(model: &TypedModel, shown: &Path, outputs: &[IoSpec]) -> anyhow
         // After pinning, a fixed output dim must come out as that number and a variable one
         // must still be variable (else the graph ignores the prompt or token count).
         let ok = dims.len() == spec.dims.len()
-            && dims.iter().zip(&spec.dims).all(|(g, s)| match (g.as_ref().and_then(|g| g.as_i64()), s) {
-                (Some(g), Dim::Fixed(n)) => g == *n as i64,
-                (None, Dim::Sym(_)) | (_, Dim::Any) => true,
-                _ => false,
+            && dims.iter().zip(&spec.dims).all(|(g, s)| {
+                match (g.as_ref().and_then(|g| g.as_i64()), s) {
+                    (Some(g), Dim::Fixed(n)) => g == *n as i64,
+                    (None, Dim::Sym(_)) | (_, Dim::Any) => true,
+                    _ => false,
+                }
             });
         if !ok {
             return Err(InterfaceError::Shape {
@@ -289,7 +356,11 @@ pub fn show_spec(dims: &[Dim]) -> String {
 
 fn join_x(parts: impl Iterator<Item = String>) -> String {
     let v: Vec<String> = parts.collect();
-    if v.is_empty() { "a scalar".to_owned() } else { v.join("x") }
+    if v.is_empty() {
+        "a scalar".to_owned()
+    } else {
+        v.join("x")
+    }
 }
 
 impl fmt::Display for Dim {
@@ -303,10 +374,19 @@ impl fmt::Display for Dim {
 }
 
 /// Reads a run's output `ix` as f32 (no copy).
-pub fn output_f32<'a>(outputs: &'a TVec<TValue>, ix: usize, what: &str) -> anyhow::Result<&'a [f32]> {
-    let value = outputs.get(ix).with_context(|| format!("missing output {what}"))?;
-    let view = value.try_as_plain_ram().with_context(|| format!("output {what}: not in memory"))?;
-    view.as_slice::<f32>().with_context(|| format!("output {what}: not f32"))
+pub fn output_f32<'a>(
+    outputs: &'a TVec<TValue>,
+    ix: usize,
+    what: &str,
+) -> anyhow::Result<&'a [f32]> {
+    let value = outputs
+        .get(ix)
+        .with_context(|| format!("missing output {what}"))?;
+    let view = value
+        .try_as_plain_ram()
+        .with_context(|| format!("output {what}: not in memory"))?;
+    view.as_slice::<f32>()
+        .with_context(|| format!("output {what}: not f32"))
 }
 
 #[cfg(test)]
@@ -314,24 +394,45 @@ mod tests {
     use super::*;
 
     fn fixture(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fixture")
+            .join(rel)
     }
 
     fn seg_specs(width: usize) -> (Vec<IoSpec>, Vec<IoSpec>) {
         let f = f32::datum_type();
         let inputs = vec![
-            IoSpec::new("image", f, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(width), Dim::Fixed(width)]),
+            IoSpec::new(
+                "image",
+                f,
+                &[
+                    Dim::Fixed(1),
+                    Dim::Fixed(3),
+                    Dim::Fixed(width),
+                    Dim::Fixed(width),
+                ],
+            ),
             IoSpec::new("text", f, &[Dim::Sym("P"), Dim::Fixed(16)]),
         ];
         let outputs = vec![
-            IoSpec::new("mask_logits", f, &[Dim::Sym("P"), Dim::Fixed(16), Dim::Fixed(16)]),
+            IoSpec::new(
+                "mask_logits",
+                f,
+                &[Dim::Sym("P"), Dim::Fixed(16), Dim::Fixed(16)],
+            ),
             IoSpec::new("presence_logits", f, &[Dim::Sym("P")]),
         ];
         (inputs, outputs)
     }
 
     fn load_seg(inputs: &[IoSpec], outputs: &[IoSpec]) -> anyhow::Result<Plan> {
-        Plan::load(&fixture("seg/seg.onnx"), Path::new("seg/seg.onnx"), inputs, outputs, &PlanOptions::default())
+        Plan::load(
+            &fixture("seg/seg.onnx"),
+            Path::new("seg/seg.onnx"),
+            inputs,
+            outputs,
+            &PlanOptions::default(),
+        )
     }
 
     #[test]
@@ -342,7 +443,9 @@ mod tests {
         for p in [1usize, 3] {
             let image = Tensor::zero::<f32>(&[1, 3, 64, 64]).unwrap();
             let text = Tensor::zero::<f32>(&[p, 16]).unwrap();
-            let out = state.run(tvec!(image.into_tvalue(), text.into_tvalue())).unwrap();
+            let out = state
+                .run(tvec!(image.into_tvalue(), text.into_tvalue()))
+                .unwrap();
             assert_eq!(out[0].shape(), &[p, 16, 16]);
             assert_eq!(out[1].shape(), &[p]);
             assert_eq!(output_f32(&out, 1, "presence").unwrap().len(), p);
@@ -364,12 +467,20 @@ mod tests {
         let (mut inputs, outputs) = seg_specs(64);
         inputs[1].name = "prompt".into();
         let err = format!("{:#}", load_seg(&inputs, &outputs).unwrap_err());
-        assert_eq!(err, "seg/seg.onnx: input \"text\" is not named in the manifest");
+        assert_eq!(
+            err,
+            "seg/seg.onnx: input \"text\" is not named in the manifest"
+        );
 
         let (inputs, mut outputs) = seg_specs(64);
         outputs[1].name = "scores".into();
         let err = format!("{:#}", load_seg(&inputs, &outputs).unwrap_err());
-        assert!(err.contains("no output \"scores\" (the graph's outputs: mask_logits, presence_logits)"), "{err}");
+        assert!(
+            err.contains(
+                "no output \"scores\" (the graph's outputs: mask_logits, presence_logits)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -377,7 +488,10 @@ mod tests {
         let (inputs, mut outputs) = seg_specs(64);
         outputs[0].dims = vec![Dim::Sym("P"), Dim::Fixed(56), Dim::Fixed(56)];
         let err = format!("{:#}", load_seg(&inputs, &outputs).unwrap_err());
-        assert_eq!(err, "seg/seg.onnx: output \"mask_logits\" is Px16x16 but the manifest says Px56x56");
+        assert_eq!(
+            err,
+            "seg/seg.onnx: output \"mask_logits\" is Px16x16 but the manifest says Px56x56"
+        );
     }
 
     #[test]

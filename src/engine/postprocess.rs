@@ -19,11 +19,20 @@ use crate::source::Rect;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PostprocessError {
     #[error("mask logits hold {len} values, {prompts} prompts x {height}x{width} expected")]
-    Logits { len: usize, prompts: usize, height: usize, width: usize },
+    Logits {
+        len: usize,
+        prompts: usize,
+        height: usize,
+        width: usize,
+    },
     #[error("{scores} presence logits for {prompts} prompts")]
     Scores { scores: usize, prompts: usize },
     #[error("content rectangle {content:?} is empty or outside the {width}x{height} input")]
-    Content { content: Rect, width: u32, height: u32 },
+    Content {
+        content: Rect,
+        width: u32,
+        height: u32,
+    },
     #[error("output mask size {width}x{height} is empty")]
     OutputSize { width: u32, height: u32 },
 }
@@ -107,9 +116,16 @@ impl Postprocessor {
             });
         }
         if presence_logits.len() != p {
-            return Err(PostprocessError::Scores { scores: presence_logits.len(), prompts: p });
+            return Err(PostprocessError::Scores {
+                scores: presence_logits.len(),
+                prompts: p,
+            });
         }
-        self.set_geometry(Geometry { content, out_w: out_size.0, out_h: out_size.1 })?;
+        self.set_geometry(Geometry {
+            content,
+            out_w: out_size.0,
+            out_h: out_size.1,
+        })?;
         let (ow, oh) = (out_size.0 as usize, out_size.1 as usize);
         out.width = out_size.0;
         out.height = out_size.1;
@@ -143,13 +159,34 @@ impl Postprocessor {
             || c.x.checked_add(c.width).is_none_or(|r| r > self.input_w)
             || c.y.checked_add(c.height).is_none_or(|b| b > self.input_h)
         {
-            return Err(PostprocessError::Content { content: c, width: self.input_w, height: self.input_h });
+            return Err(PostprocessError::Content {
+                content: c,
+                width: self.input_w,
+                height: self.input_h,
+            });
         }
         if g.out_w == 0 || g.out_h == 0 {
-            return Err(PostprocessError::OutputSize { width: g.out_w, height: g.out_h });
+            return Err(PostprocessError::OutputSize {
+                width: g.out_w,
+                height: g.out_h,
+            });
         }
-        taps(&mut self.xs, c.x, c.width, g.out_w, self.input_w, self.mask_w);
-        taps(&mut self.ys, c.y, c.height, g.out_h, self.input_h, self.mask_h);
+        taps(
+            &mut self.xs,
+            c.x,
+            c.width,
+            g.out_w,
+            self.input_w,
+            self.mask_w,
+        );
+        taps(
+            &mut self.ys,
+            c.y,
+            c.height,
+            g.out_h,
+            self.input_h,
+            self.mask_h,
+        );
         self.rows.clear();
         self.rows.resize(self.mask_h * g.out_w as usize, 0.0);
         self.geometry = Some(g);
@@ -192,7 +229,11 @@ fn taps(out: &mut Vec<Tap>, off: u32, len: u32, n_out: u32, input_len: u32, grid
         let g = (x * grid_len as f64 / input_len as f64 - 0.5).clamp(0.0, last as f64);
         let i0 = (g.floor() as usize).min(last);
         let i1 = (i0 + 1).min(last);
-        out.push(Tap { i0, i1, f: (g - i0 as f64) as f32 });
+        out.push(Tap {
+            i0,
+            i1,
+            f: (g - i0 as f64) as f32,
+        });
     }
 }
 
@@ -209,10 +250,18 @@ pub fn logit(p: f32) -> f32 {
 mod tests {
     use super::*;
 
-    const T: Thresholds = Thresholds { mask: 0.5, score: 0.5 };
+    const T: Thresholds = Thresholds {
+        mask: 0.5,
+        score: 0.5,
+    };
 
     fn full(w: u32, h: u32) -> Rect {
-        Rect { x: 0, y: 0, width: w, height: h }
+        Rect {
+            x: 0,
+            y: 0,
+            width: w,
+            height: h,
+        }
     }
 
     #[test]
@@ -221,7 +270,8 @@ mod tests {
         let mut pp = Postprocessor::new([2, 2], (2, 2), T);
         let mut out = MaskSet::default();
         let logits = [1.0, -1.0, 0.0, -0.01, 5.0, 5.0, 5.0, 5.0];
-        pp.run(&logits, &[3.0, -3.0], &[7, 9], full(2, 2), (2, 2), &mut out).unwrap();
+        pp.run(&logits, &[3.0, -3.0], &[7, 9], full(2, 2), (2, 2), &mut out)
+            .unwrap();
         assert_eq!(out.len, 2);
         assert_eq!((out.width, out.height), (2, 2));
         let m = &out.masks()[0];
@@ -239,12 +289,28 @@ mod tests {
     fn upsampling_is_half_pixel_bilinear() {
         // 1x2 grid [-1, 1] upsampled to 4 pixels: centres at grid -0.25, 0.25, 0.75, 1.25
         // -> clamped 0, 0.25, 0.75, 1 -> -1, -0.5, 0.5, 1
-        let mut pp = Postprocessor::new([1, 2], (4, 1), Thresholds { mask: sigmoid(-0.6), score: 0.5 });
+        let mut pp = Postprocessor::new(
+            [1, 2],
+            (4, 1),
+            Thresholds {
+                mask: sigmoid(-0.6),
+                score: 0.5,
+            },
+        );
         let mut out = MaskSet::default();
-        pp.run(&[-1.0, 1.0], &[9.0], &[0], full(4, 1), (4, 1), &mut out).unwrap();
+        pp.run(&[-1.0, 1.0], &[9.0], &[0], full(4, 1), (4, 1), &mut out)
+            .unwrap();
         assert_eq!(out.masks()[0].bits, [0, 1, 1, 1]);
-        let mut pp = Postprocessor::new([1, 2], (4, 1), Thresholds { mask: sigmoid(-0.4), score: 0.5 });
-        pp.run(&[-1.0, 1.0], &[9.0], &[0], full(4, 1), (4, 1), &mut out).unwrap();
+        let mut pp = Postprocessor::new(
+            [1, 2],
+            (4, 1),
+            Thresholds {
+                mask: sigmoid(-0.4),
+                score: 0.5,
+            },
+        );
+        pp.run(&[-1.0, 1.0], &[9.0], &[0], full(4, 1), (4, 1), &mut out)
+            .unwrap();
         assert_eq!(out.masks()[0].bits, [0, 0, 1, 1]);
     }
 
@@ -256,8 +322,14 @@ mod tests {
         logits[4..8].fill(5.0);
         let mut pp = Postprocessor::new([4, 4], (4, 4), T);
         let mut out = MaskSet::default();
-        let content = Rect { x: 0, y: 1, width: 4, height: 2 };
-        pp.run(&logits, &[9.0], &[0], content, (4, 2), &mut out).unwrap();
+        let content = Rect {
+            x: 0,
+            y: 1,
+            width: 4,
+            height: 2,
+        };
+        pp.run(&logits, &[9.0], &[0], content, (4, 2), &mut out)
+            .unwrap();
         assert_eq!(out.masks()[0].bits, [1, 1, 1, 1, 0, 0, 0, 0]);
         assert_eq!(out.masks()[0].coverage, 0.5);
     }
@@ -266,12 +338,29 @@ mod tests {
     fn buffers_are_reused_and_len_shrinks() {
         let mut pp = Postprocessor::new([2, 2], (2, 2), T);
         let mut out = MaskSet::default();
-        pp.run(&[1.0; 8], &[1.0, 1.0], &[0, 1], full(2, 2), (3, 3), &mut out).unwrap();
+        pp.run(
+            &[1.0; 8],
+            &[1.0, 1.0],
+            &[0, 1],
+            full(2, 2),
+            (3, 3),
+            &mut out,
+        )
+        .unwrap();
         let ptr = out.masks[1].bits.as_ptr();
-        pp.run(&[1.0; 4], &[1.0], &[5], full(2, 2), (3, 3), &mut out).unwrap();
+        pp.run(&[1.0; 4], &[1.0], &[5], full(2, 2), (3, 3), &mut out)
+            .unwrap();
         assert_eq!(out.len, 1);
         assert_eq!(out.masks.len(), 2, "spare masks are kept for their buffers");
-        pp.run(&[1.0; 8], &[1.0, 1.0], &[0, 1], full(2, 2), (3, 3), &mut out).unwrap();
+        pp.run(
+            &[1.0; 8],
+            &[1.0, 1.0],
+            &[0, 1],
+            full(2, 2),
+            (3, 3),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.masks[1].bits.as_ptr(), ptr);
         assert_eq!(out.masks[1].bits, [1; 9]);
     }
@@ -280,9 +369,38 @@ mod tests {
     fn bad_inputs_are_errors() {
         let mut pp = Postprocessor::new([2, 2], (4, 4), T);
         let mut out = MaskSet::default();
-        let e = pp.run(&[0.0; 7], &[0.0, 0.0], &[0, 1], full(4, 4), (4, 4), &mut out).unwrap_err();
-        assert_eq!(e, PostprocessError::Logits { len: 7, prompts: 2, height: 2, width: 2 });
-        let e = pp.run(&[0.0; 4], &[0.0], &[0], Rect { x: 2, y: 0, width: 3, height: 4 }, (4, 4), &mut out);
+        let e = pp
+            .run(
+                &[0.0; 7],
+                &[0.0, 0.0],
+                &[0, 1],
+                full(4, 4),
+                (4, 4),
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e,
+            PostprocessError::Logits {
+                len: 7,
+                prompts: 2,
+                height: 2,
+                width: 2
+            }
+        );
+        let e = pp.run(
+            &[0.0; 4],
+            &[0.0],
+            &[0],
+            Rect {
+                x: 2,
+                y: 0,
+                width: 3,
+                height: 4,
+            },
+            (4, 4),
+            &mut out,
+        );
         assert!(matches!(e, Err(PostprocessError::Content { .. })));
         let e = pp.run(&[0.0; 4], &[0.0], &[0], full(4, 4), (0, 4), &mut out);
         assert!(matches!(e, Err(PostprocessError::OutputSize { .. })));

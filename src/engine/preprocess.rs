@@ -11,11 +11,21 @@ use crate::source::FrameView;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreprocessError {
     #[error("frame is {got_width}x{got_height} but the model takes {width}x{height}")]
-    Size { got_width: u32, got_height: u32, width: u32, height: u32 },
+    Size {
+        got_width: u32,
+        got_height: u32,
+        width: u32,
+        height: u32,
+    },
     #[error("frame stride {stride} is shorter than a row of {width} RGB pixels")]
     Stride { stride: usize, width: u32 },
     #[error("frame has {len} bytes, {needed} needed for {height} rows of stride {stride}")]
-    Short { len: usize, needed: usize, height: u32, stride: usize },
+    Short {
+        len: usize,
+        needed: usize,
+        height: u32,
+        stride: usize,
+    },
     #[error("input buffer holds {len} floats, {needed} needed")]
     Buffer { len: usize, needed: usize },
 }
@@ -37,7 +47,11 @@ impl Preprocessor {
                 *v = (x as f32 / 255.0 - spec.mean[c]) / spec.std[c];
             }
         }
-        Preprocessor { width: spec.width, height: spec.height, lut }
+        Preprocessor {
+            width: spec.width,
+            height: spec.height,
+            lut,
+        }
     }
 
     /// Floats in one NCHW image (`3 * width * height`).
@@ -61,14 +75,25 @@ impl Preprocessor {
             });
         }
         if frame.stride < 3 * w {
-            return Err(PreprocessError::Stride { stride: frame.stride, width: self.width });
+            return Err(PreprocessError::Stride {
+                stride: frame.stride,
+                width: self.width,
+            });
         }
         let needed = frame.stride * (h - 1) + 3 * w;
         if frame.data.len() < needed {
-            return Err(PreprocessError::Short { len: frame.data.len(), needed, height: self.height, stride: frame.stride });
+            return Err(PreprocessError::Short {
+                len: frame.data.len(),
+                needed,
+                height: self.height,
+                stride: frame.stride,
+            });
         }
         if out.len() != self.len() {
-            return Err(PreprocessError::Buffer { len: out.len(), needed: self.len() });
+            return Err(PreprocessError::Buffer {
+                len: out.len(),
+                needed: self.len(),
+            });
         }
         let plane = w * h;
         let (r_plane, rest) = out.split_at_mut(plane);
@@ -77,7 +102,11 @@ impl Preprocessor {
         for y in 0..h {
             let row = &frame.data[y * frame.stride..y * frame.stride + 3 * w];
             let dst = y * w..(y + 1) * w;
-            let (r, g, b) = (&mut r_plane[dst.clone()], &mut g_plane[dst.clone()], &mut b_plane[dst]);
+            let (r, g, b) = (
+                &mut r_plane[dst.clone()],
+                &mut g_plane[dst.clone()],
+                &mut b_plane[dst],
+            );
             for (x, px) in row.chunks_exact(3).enumerate() {
                 r[x] = lr[px[0] as usize];
                 g[x] = lg[px[1] as usize];
@@ -94,7 +123,12 @@ mod tests {
     use crate::source::Rect;
 
     fn spec(w: u32, h: u32) -> ImageSpec {
-        ImageSpec { width: w, height: h, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 2.0] }
+        ImageSpec {
+            width: w,
+            height: h,
+            mean: [0.5, 0.25, 0.0],
+            std: [0.5, 0.25, 2.0],
+        }
     }
 
     fn frame(data: &[u8], w: u32, h: u32, stride: usize) -> FrameView<'_> {
@@ -105,7 +139,12 @@ mod tests {
             height: h,
             stride,
             data,
-            content: Rect { x: 0, y: 0, width: w, height: h },
+            content: Rect {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            },
             source_width: w,
             source_height: h,
         }
@@ -135,11 +174,22 @@ mod tests {
         let p = Preprocessor::new(&spec(2, 2));
         let mut out = vec![0.0; p.len()];
         let data = [0u8; 12];
-        assert!(matches!(p.run(&frame(&data, 3, 2, 9), &mut out), Err(PreprocessError::Size { got_width: 3, .. })));
-        assert!(matches!(p.run(&frame(&data, 2, 2, 5), &mut out), Err(PreprocessError::Stride { stride: 5, .. })));
+        assert!(matches!(
+            p.run(&frame(&data, 3, 2, 9), &mut out),
+            Err(PreprocessError::Size { got_width: 3, .. })
+        ));
+        assert!(matches!(
+            p.run(&frame(&data, 2, 2, 5), &mut out),
+            Err(PreprocessError::Stride { stride: 5, .. })
+        ));
         assert_eq!(
             p.run(&frame(&data[..11], 2, 2, 6), &mut out),
-            Err(PreprocessError::Short { len: 11, needed: 12, height: 2, stride: 6 })
+            Err(PreprocessError::Short {
+                len: 11,
+                needed: 12,
+                height: 2,
+                stride: 6
+            })
         );
         assert!(p.run(&frame(&data, 2, 2, 6), &mut out[..3]).is_err());
         assert!(p.run(&frame(&data, 2, 2, 6), &mut out).is_ok());

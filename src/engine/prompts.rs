@@ -81,7 +81,9 @@ impl PromptRegistry {
             if let Some(&first) = reg.by_text.get(trimmed) {
                 return Err(format!("prompt {i} {text:?} repeats prompt {first}"));
             }
-            let id = reg.add(trimmed, true).map_err(|e| format!("prompt {i} {text:?}: {e}"))?;
+            let id = reg
+                .add(trimmed, true)
+                .map_err(|e| format!("prompt {i} {text:?}: {e}"))?;
             debug_assert_eq!(id as usize, i);
         }
         Ok(reg)
@@ -104,7 +106,10 @@ impl PromptRegistry {
         let deadline = Instant::now() + timeout;
         loop {
             self.poll();
-            let pending = self.entries.values().any(|e| e.pinned && e.embedding == Embedding::Pending);
+            let pending = self
+                .entries
+                .values()
+                .any(|e| e.pinned && e.embedding == Embedding::Pending);
             if !pending {
                 break;
             }
@@ -121,7 +126,10 @@ impl PromptRegistry {
                 }
             }
         }
-        self.entries.values().filter(|e| e.pinned).all(|e| matches!(e.embedding, Embedding::Ready(_)))
+        self.entries
+            .values()
+            .filter(|e| e.pinned)
+            .all(|e| matches!(e.embedding, Embedding::Ready(_)))
     }
 
     /// Changes whenever the runnable set changes (compare to know when to rebuild inputs).
@@ -131,10 +139,12 @@ impl PromptRegistry {
 
     /// Prompts with an embedding, in id order.
     pub fn runnable(&self) -> impl Iterator<Item = (PromptId, &[f32])> {
-        self.entries.iter().filter_map(|(id, e)| match &e.embedding {
-            Embedding::Ready(v) => Some((*id, v.as_slice())),
-            _ => None,
-        })
+        self.entries
+            .iter()
+            .filter_map(|(id, e)| match &e.embedding {
+                Embedding::Ready(v) => Some((*id, v.as_slice())),
+                _ => None,
+            })
     }
 
     /// A live prompt's embedding state.
@@ -160,10 +170,16 @@ impl PromptRegistry {
             return Err("prompt is empty".into());
         }
         if text.len() > MAX_PROMPT_BYTES {
-            return Err(format!("prompt is {} bytes long, at most {MAX_PROMPT_BYTES} are accepted", text.len()));
+            return Err(format!(
+                "prompt is {} bytes long, at most {MAX_PROMPT_BYTES} are accepted",
+                text.len()
+            ));
         }
         if self.entries.len() >= self.max_prompts {
-            return Err(format!("too many prompts: {} are live (prompts.max_prompts)", self.entries.len()));
+            return Err(format!(
+                "too many prompts: {} are live (prompts.max_prompts)",
+                self.entries.len()
+            ));
         }
         let tokens = self.tokenizer.encode(text);
         if tokens.dropped > 0 {
@@ -174,8 +190,16 @@ impl PromptRegistry {
             ));
         }
         let id = self.next_id;
-        self.next_id = id.checked_add(1).ok_or("prompt ids exhausted; restart the daemon")?;
-        let entry = Entry { text: text.to_owned(), tokens: tokens.ids, refs: 0, pinned, embedding: Embedding::Pending };
+        self.next_id = id
+            .checked_add(1)
+            .ok_or("prompt ids exhausted; restart the daemon")?;
+        let entry = Entry {
+            text: text.to_owned(),
+            tokens: tokens.ids,
+            refs: 0,
+            pinned,
+            embedding: Embedding::Pending,
+        };
         self.entries.insert(id, entry);
         self.by_text.insert(text.to_owned(), id);
         self.backlog.push_back(id);
@@ -185,7 +209,9 @@ impl PromptRegistry {
 
     fn accept(&mut self, resp: Response) {
         // A prompt released while it was being encoded is simply gone.
-        let Some(entry) = self.entries.get_mut(&resp.id) else { return };
+        let Some(entry) = self.entries.get_mut(&resp.id) else {
+            return;
+        };
         match resp.result {
             Ok(v) => {
                 log::debug!("prompt {} {:?} is ready", resp.id, entry.text);
@@ -193,7 +219,11 @@ impl PromptRegistry {
                 self.generation += 1;
             }
             Err(e) => {
-                log::error!("prompt {} {:?}: text encoder failed: {e}", resp.id, entry.text);
+                log::error!(
+                    "prompt {} {:?}: text encoder failed: {e}",
+                    resp.id,
+                    entry.text
+                );
                 entry.embedding = Embedding::Failed(e);
             }
         }
@@ -206,7 +236,10 @@ impl PromptRegistry {
                 self.backlog.pop_front();
                 continue;
             };
-            match self.worker.try_submit(Request { id, tokens: entry.tokens.clone() }) {
+            match self.worker.try_submit(Request {
+                id,
+                tokens: entry.tokens.clone(),
+            }) {
                 Ok(None) => {
                     self.backlog.pop_front();
                 }
@@ -324,24 +357,41 @@ mod tests {
         let mut reg = registry(&["red"], 2).unwrap();
         assert_eq!(reg.intern("   "), Err("prompt is empty".to_owned()));
         let long = "red ".repeat(20);
-        assert_eq!(reg.intern(&long), Err("prompt is 22 tokens long, the model takes at most 16".to_owned()));
-        assert!(reg.intern(&"x".repeat(2000)).unwrap_err().contains("bytes long"));
+        assert_eq!(
+            reg.intern(&long),
+            Err("prompt is 22 tokens long, the model takes at most 16".to_owned())
+        );
+        assert!(reg
+            .intern(&"x".repeat(2000))
+            .unwrap_err()
+            .contains("bytes long"));
         reg.intern("blue").unwrap();
-        assert_eq!(reg.intern("green"), Err("too many prompts: 2 are live (prompts.max_prompts)".to_owned()));
+        assert_eq!(
+            reg.intern("green"),
+            Err("too many prompts: 2 are live (prompts.max_prompts)".to_owned())
+        );
         // a known prompt is still fine at the limit
         assert_eq!(reg.intern("red"), Ok(0));
     }
 
     #[test]
     fn repeated_or_empty_pinned_prompts_are_config_errors() {
-        assert_eq!(registry(&["red", " red"], 4).unwrap_err(), "prompt 1 \" red\" repeats prompt 0");
-        assert_eq!(registry(&[""], 4).unwrap_err(), "prompt 0 \"\": prompt is empty");
+        assert_eq!(
+            registry(&["red", " red"], 4).unwrap_err(),
+            "prompt 1 \" red\" repeats prompt 0"
+        );
+        assert_eq!(
+            registry(&[""], 4).unwrap_err(),
+            "prompt 0 \"\": prompt is empty"
+        );
     }
 
     #[test]
     fn a_burst_beyond_the_worker_queue_is_backlogged_not_lost() {
         let mut reg = registry(&[], 64).unwrap();
-        let words = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"];
+        let words = [
+            "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p",
+        ];
         let ids: Vec<PromptId> = words.iter().map(|w| reg.intern(w).unwrap()).collect();
         for id in &ids {
             wait_ready(&mut reg, *id);

@@ -34,20 +34,37 @@ impl Segmenter {
     /// Loads `[segmenter] model`, checked against the manifest.
     pub fn load(manifest: &Manifest, options: &PlanOptions) -> anyhow::Result<Segmenter> {
         let s = &manifest.segmenter;
-        let (w, h) = (manifest.image.width as usize, manifest.image.height as usize);
+        let (w, h) = (
+            manifest.image.width as usize,
+            manifest.image.height as usize,
+        );
         let dim = manifest.text.dim;
         let f = f32::datum_type();
         let inputs = [
-            IoSpec::new(&s.image_input, f, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)]),
+            IoSpec::new(
+                &s.image_input,
+                f,
+                &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)],
+            ),
             IoSpec::new(&s.text_input, f, &[Dim::Sym("P"), Dim::Fixed(dim)]),
         ];
         let [mh, mw] = s.mask_size;
         let outputs = [
-            IoSpec::new(&s.mask_output, f, &[Dim::Sym("P"), Dim::Fixed(mh), Dim::Fixed(mw)]),
+            IoSpec::new(
+                &s.mask_output,
+                f,
+                &[Dim::Sym("P"), Dim::Fixed(mh), Dim::Fixed(mw)],
+            ),
             IoSpec::new(&s.score_output, f, &[Dim::Sym("P")]),
         ];
-        let plan = Plan::load(&s.model, manifest.relative(&s.model), &inputs, &outputs, options)
-            .with_context(|| format!("{}: segmenter.model", manifest.path.display()))?;
+        let plan = Plan::load(
+            &s.model,
+            manifest.relative(&s.model),
+            &inputs,
+            &outputs,
+            options,
+        )
+        .with_context(|| format!("{}: segmenter.model", manifest.path.display()))?;
         let state = plan.spawn()?;
         Ok(Segmenter {
             plan,
@@ -75,14 +92,22 @@ impl Segmenter {
     }
 
     /// Replaces the prompt embeddings (`rows` of `dim` floats each).
-    pub fn set_text<'a>(&mut self, rows: impl ExactSizeIterator<Item = &'a [f32]>) -> anyhow::Result<()> {
+    pub fn set_text<'a>(
+        &mut self,
+        rows: impl ExactSizeIterator<Item = &'a [f32]>,
+    ) -> anyhow::Result<()> {
         let p = rows.len();
         let mut t = Tensor::zero::<f32>(&[p, self.dim])?;
         {
             let view = t.to_plain_array_view_mut::<f32>()?;
             let dst = view.into_slice().context("text input is not contiguous")?;
             for (i, row) in rows.enumerate() {
-                anyhow::ensure!(row.len() == self.dim, "embedding has {} values, {} expected", row.len(), self.dim);
+                anyhow::ensure!(
+                    row.len() == self.dim,
+                    "embedding has {} values, {} expected",
+                    row.len(),
+                    self.dim
+                );
                 dst[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
             }
         }
@@ -100,8 +125,14 @@ impl Segmenter {
         anyhow::ensure!(self.prompts > 0, "no prompt to run");
         // Drop the previous outputs first so their buffers are freed before the run.
         self.outputs.clear();
-        let inputs = tvec!(TValue::from_const(self.image.clone()), TValue::from_const(self.text.clone()));
-        self.outputs = self.state.run(inputs).with_context(|| format!("{}: running", self.plan.shown.display()))?;
+        let inputs = tvec!(
+            TValue::from_const(self.image.clone()),
+            TValue::from_const(self.text.clone())
+        );
+        self.outputs = self
+            .state
+            .run(inputs)
+            .with_context(|| format!("{}: running", self.plan.shown.display()))?;
         Ok(())
     }
 
@@ -138,7 +169,10 @@ pub(crate) mod tests {
     use std::path::{Path, PathBuf};
 
     pub(crate) fn fixture_manifest() -> Manifest {
-        Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml")).unwrap()
+        Manifest::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml"),
+        )
+        .unwrap()
     }
 
     /// The deterministic fixture image (`fixture_pixel` in `tests/fixtures/make_fixture.py`).
@@ -162,7 +196,12 @@ pub(crate) mod tests {
             height: h,
             stride: 3 * w as usize,
             data,
-            content: Rect { x: 0, y: 0, width: w, height: h },
+            content: Rect {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            },
             source_width: w,
             source_height: h,
         }
@@ -170,9 +209,14 @@ pub(crate) mod tests {
 
     /// Rows of `reference.tsv`: (text vector, presence logit, mask logits).
     pub(crate) fn reference() -> Vec<(Vec<f32>, f32, Vec<f32>)> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/reference.tsv");
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/reference.tsv");
         let text = std::fs::read_to_string(path).unwrap();
-        let floats = |s: &str| s.split(' ').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>();
+        let floats = |s: &str| {
+            s.split(' ')
+                .map(|v| v.parse::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
         text.lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .map(|l| {
@@ -188,22 +232,38 @@ pub(crate) mod tests {
         let mut seg = Segmenter::load(&m, &PlanOptions::default()).unwrap();
         let pre = Preprocessor::new(&m.image);
         let rgb = fixture_rgb(64, 64);
-        seg.write_image(|buf| pre.run(&frame(&rgb, 64, 64), buf)).unwrap().unwrap();
+        seg.write_image(|buf| pre.run(&frame(&rgb, 64, 64), buf))
+            .unwrap()
+            .unwrap();
         let refs = reference();
         seg.set_text(refs.iter().map(|r| r.0.as_slice())).unwrap();
         for _ in 0..2 {
             // twice: the reused image tensor must be writable again and give the same result
-            seg.write_image(|buf| pre.run(&frame(&rgb, 64, 64), buf)).unwrap().unwrap();
+            seg.write_image(|buf| pre.run(&frame(&rgb, 64, 64), buf))
+                .unwrap()
+                .unwrap();
             seg.run().unwrap();
             let (masks, scores) = seg.outputs().unwrap();
             for (p, (_, score, mask)) in refs.iter().enumerate() {
-                assert!((scores[p] - score).abs() < 1e-4, "presence {p}: {} vs {score}", scores[p]);
+                assert!(
+                    (scores[p] - score).abs() < 1e-4,
+                    "presence {p}: {} vs {score}",
+                    scores[p]
+                );
                 let got = &masks[p * 256..(p + 1) * 256];
-                let worst = got.iter().zip(mask).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let worst = got
+                    .iter()
+                    .zip(mask)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
                 assert!(worst < 1e-4, "mask {p}: max diff {worst}");
             }
         }
-        assert_eq!(Arc::strong_count(seg.image()), 1, "tract must not keep the input");
+        assert_eq!(
+            Arc::strong_count(seg.image()),
+            1,
+            "tract must not keep the input"
+        );
     }
 
     #[test]
@@ -211,6 +271,9 @@ pub(crate) mod tests {
         let m = fixture_manifest();
         let mut seg = Segmenter::load(&m, &PlanOptions::default()).unwrap();
         assert!(seg.run().is_err());
-        assert!(seg.set_text([&[0.0f32; 3][..]].into_iter()).is_err(), "wrong width");
+        assert!(
+            seg.set_text([&[0.0f32; 3][..]].into_iter()).is_err(),
+            "wrong width"
+        );
     }
 }

@@ -22,7 +22,12 @@ use crate::engine::plan::{output_f32, Dim, IoSpec, Plan, PlanOptions};
 pub trait TokenPolicy {
     /// Called after block `block` with its output tokens `[1, T, C]` and the attention each
     /// received (`T` values); returns the tokens for the next block (or the decoder).
-    fn after_block(&mut self, block: usize, tokens: TValue, attn_received: &[f32]) -> anyhow::Result<TValue>;
+    fn after_block(
+        &mut self,
+        block: usize,
+        tokens: TValue,
+        attn_received: &[f32],
+    ) -> anyhow::Result<TValue>;
     /// Brings the tokens back to the decoder's `[1, N, C]` (identity when none were dropped).
     fn before_decoder(&mut self, tokens: TValue) -> anyhow::Result<TValue>;
 }
@@ -32,7 +37,12 @@ pub trait TokenPolicy {
 pub struct KeepAll;
 
 impl TokenPolicy for KeepAll {
-    fn after_block(&mut self, _block: usize, tokens: TValue, _attn: &[f32]) -> anyhow::Result<TValue> {
+    fn after_block(
+        &mut self,
+        _block: usize,
+        tokens: TValue,
+        _attn: &[f32],
+    ) -> anyhow::Result<TValue> {
         Ok(tokens)
     }
     fn before_decoder(&mut self, tokens: TValue) -> anyhow::Result<TValue> {
@@ -53,7 +63,9 @@ impl Stage {
     }
 
     fn run(&mut self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>> {
-        self.state.run(inputs).with_context(|| format!("{}: running", self.plan.shown.display()))
+        self.state
+            .run(inputs)
+            .with_context(|| format!("{}: running", self.plan.shown.display()))
     }
 }
 
@@ -80,17 +92,28 @@ impl StageRunner {
         let seg = &manifest.segmenter;
         let ctx = |key: String| format!("{}: {key}", manifest.path.display());
         let f = f32::datum_type();
-        let (w, h) = (manifest.image.width as usize, manifest.image.height as usize);
+        let (w, h) = (
+            manifest.image.width as usize,
+            manifest.image.height as usize,
+        );
         let [mh, mw] = seg.mask_size;
         let (n, c) = (Dim::Fixed(st.tokens), Dim::Fixed(st.width));
 
         let embed = Plan::load(
             &st.embed,
             manifest.relative(&st.embed),
-            &[IoSpec::new(&seg.image_input, f, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)])],
+            &[IoSpec::new(
+                &seg.image_input,
+                f,
+                &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)],
+            )],
             &[
                 IoSpec::new("tokens", f, &[Dim::Fixed(1), n, c]),
-                IoSpec::new("skip", f, &[Dim::Fixed(1), Dim::Any, Dim::Fixed(mh), Dim::Fixed(mw)]),
+                IoSpec::new(
+                    "skip",
+                    f,
+                    &[Dim::Fixed(1), Dim::Any, Dim::Fixed(mh), Dim::Fixed(mw)],
+                ),
             ],
             options,
         )
@@ -99,7 +122,12 @@ impl StageRunner {
             .output_shape(1)?
             .get(1)
             .and_then(|d| d.as_i64())
-            .with_context(|| format!("{}: output \"skip\" has no fixed channel count", embed.shown.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: output \"skip\" has no fixed channel count",
+                    embed.shown.display()
+                )
+            })?;
 
         let t = Dim::Sym("T");
         let mut blocks = Vec::with_capacity(st.blocks.len());
@@ -108,7 +136,10 @@ impl StageRunner {
                 file,
                 manifest.relative(file),
                 &[IoSpec::new("tokens", f, &[Dim::Fixed(1), t, c])],
-                &[IoSpec::new("tokens_out", f, &[Dim::Fixed(1), t, c]), IoSpec::new("attn_received", f, &[Dim::Fixed(1), t])],
+                &[
+                    IoSpec::new("tokens_out", f, &[Dim::Fixed(1), t, c]),
+                    IoSpec::new("attn_received", f, &[Dim::Fixed(1), t]),
+                ],
                 options,
             )
             .with_context(|| ctx(format!("stages.blocks[{i}]")))?;
@@ -120,11 +151,28 @@ impl StageRunner {
             manifest.relative(&st.decoder),
             &[
                 IoSpec::new("tokens", f, &[Dim::Fixed(1), n, c]),
-                IoSpec::new("skip", f, &[Dim::Fixed(1), Dim::Fixed(skip_channels as usize), Dim::Fixed(mh), Dim::Fixed(mw)]),
-                IoSpec::new(&seg.text_input, f, &[Dim::Sym("P"), Dim::Fixed(manifest.text.dim)]),
+                IoSpec::new(
+                    "skip",
+                    f,
+                    &[
+                        Dim::Fixed(1),
+                        Dim::Fixed(skip_channels as usize),
+                        Dim::Fixed(mh),
+                        Dim::Fixed(mw),
+                    ],
+                ),
+                IoSpec::new(
+                    &seg.text_input,
+                    f,
+                    &[Dim::Sym("P"), Dim::Fixed(manifest.text.dim)],
+                ),
             ],
             &[
-                IoSpec::new(&seg.mask_output, f, &[Dim::Sym("P"), Dim::Fixed(mh), Dim::Fixed(mw)]),
+                IoSpec::new(
+                    &seg.mask_output,
+                    f,
+                    &[Dim::Sym("P"), Dim::Fixed(mh), Dim::Fixed(mw)],
+                ),
                 IoSpec::new(&seg.score_output, f, &[Dim::Sym("P")]),
             ],
             options,
@@ -149,7 +197,12 @@ impl StageRunner {
 
     /// Runs every stage on `image` `[1,3,H,W]` and `text` `[P,D]`; read the decoder's
     /// results with [`StageRunner::outputs`].
-    pub fn run(&mut self, image: TValue, text: TValue, policy: &mut dyn TokenPolicy) -> anyhow::Result<()> {
+    pub fn run(
+        &mut self,
+        image: TValue,
+        text: TValue,
+        policy: &mut dyn TokenPolicy,
+    ) -> anyhow::Result<()> {
         self.outputs.clear();
         self.prompts = text.shape().first().copied().unwrap_or(0);
         let mut out = self.embed.run(tvec!(image))?.into_iter();
@@ -226,7 +279,9 @@ mod tests {
         let (w, h) = (m.image.width, m.image.height);
         let rgb = fixture_rgb(w as usize, h as usize);
         let pre = Preprocessor::new(&m.image);
-        seg.write_image(|buf| pre.run(&frame(&rgb, w, h), buf)).unwrap().unwrap();
+        seg.write_image(|buf| pre.run(&frame(&rgb, w, h), buf))
+            .unwrap()
+            .unwrap();
         let rows = text_rows(3, m.text.dim);
         seg.set_text(rows.iter().map(Vec::as_slice)).unwrap();
         seg.run().unwrap();
@@ -239,11 +294,17 @@ mod tests {
         for b in 0..stages.blocks() {
             let attn = stages.attention(b).unwrap();
             assert_eq!(attn.len(), st.tokens);
-            assert!(attn.iter().all(|a| a.is_finite() && *a >= 0.0), "block {b}: {attn:?}");
+            assert!(
+                attn.iter().all(|a| a.is_finite() && *a >= 0.0),
+                "block {b}: {attn:?}"
+            );
         }
         let diff = |a: &[f32], b: &[f32]| {
             assert_eq!(a.len(), b.len());
-            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
         };
         (diff(masks, full_masks), diff(scores, full_scores))
     }
@@ -259,7 +320,10 @@ mod tests {
     fn real_model_stages_reproduce_the_full_graph() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.toml");
         if !path.exists() {
-            eprintln!("SKIPPED: {} is absent (trained model not there yet)", path.display());
+            eprintln!(
+                "SKIPPED: {} is absent (trained model not there yet)",
+                path.display()
+            );
             return;
         }
         let m = Manifest::load(&path).unwrap();
@@ -268,8 +332,14 @@ mod tests {
             return;
         }
         let (md, sd) = stages_vs_full(&m);
-        eprintln!("real model {}: stages vs full graph, max diff mask {md:e}, presence {sd:e}", m.name);
-        assert!(md <= 1e-4 && sd <= 1e-4, "mask diff {md}, presence diff {sd}");
+        eprintln!(
+            "real model {}: stages vs full graph, max diff mask {md:e}, presence {sd:e}",
+            m.name
+        );
+        assert!(
+            md <= 1e-4 && sd <= 1e-4,
+            "mask diff {md}, presence diff {sd}"
+        );
     }
 
     /// A policy that drops the least-attended half of the tokens after block 0 and puts
@@ -280,7 +350,12 @@ mod tests {
     }
 
     impl TokenPolicy for DropHalf {
-        fn after_block(&mut self, block: usize, tokens: TValue, attn: &[f32]) -> anyhow::Result<TValue> {
+        fn after_block(
+            &mut self,
+            block: usize,
+            tokens: TValue,
+            attn: &[f32],
+        ) -> anyhow::Result<TValue> {
             if block != 0 {
                 return Ok(tokens);
             }
@@ -290,9 +365,10 @@ mod tests {
             self.kept.sort_unstable();
             let view = tokens.to_plain_array_view::<f32>()?;
             let c = view.shape()[2];
-            let kept = tract_ndarray::Array3::from_shape_fn((1, self.kept.len(), c), |(_, t, ch)| {
-                view[[0, self.kept[t], ch]]
-            });
+            let kept =
+                tract_ndarray::Array3::from_shape_fn((1, self.kept.len(), c), |(_, t, ch)| {
+                    view[[0, self.kept[t], ch]]
+                });
             self.full = Some(tokens.into_tensor());
             Ok(kept.into_tvalue())
         }
@@ -316,19 +392,32 @@ mod tests {
         let mut stages = StageRunner::load(&m, &PlanOptions::default()).unwrap();
         let image = Tensor::zero::<f32>(&[1, 3, 64, 64]).unwrap().into_tvalue();
         let text = Tensor::zero::<f32>(&[2, 16]).unwrap().into_tvalue();
-        let mut policy = DropHalf { kept: vec![], full: None };
+        let mut policy = DropHalf {
+            kept: vec![],
+            full: None,
+        };
         stages.run(image, text, &mut policy).unwrap();
         let (masks, scores) = stages.outputs().unwrap();
         assert_eq!((masks.len(), scores.len()), (2 * 256, 2));
         assert_eq!(stages.attention(0).unwrap().len(), 16);
-        assert_eq!(stages.attention(1).unwrap().len(), 8, "block 1 saw the kept half");
+        assert_eq!(
+            stages.attention(1).unwrap().len(),
+            8,
+            "block 1 saw the kept half"
+        );
     }
 
     #[test]
     fn no_stages_section_is_an_error() {
         let mut m = fixture_manifest();
         m.stages = None;
-        let err = format!("{:#}", StageRunner::load(&m, &PlanOptions::default()).unwrap_err());
-        assert!(err.ends_with("fixture.toml: has no [stages] section"), "{err}");
+        let err = format!(
+            "{:#}",
+            StageRunner::load(&m, &PlanOptions::default()).unwrap_err()
+        );
+        assert!(
+            err.ends_with("fixture.toml: has no [stages] section"),
+            "{err}"
+        );
     }
 }

@@ -39,12 +39,16 @@ thread_local! {
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// Installs the logger at `level`. Fails if a logger is already installed.
-pub fn init(level: LevelFilter) -> Result<Style, log::SetLoggerError> {
+/// Installs the logger at `level` and returns the style it writes. Calling
+/// it again (a test running the daemon twice in one process) only changes
+/// the level.
+pub fn init(level: LevelFilter) -> Style {
     let style = *LOGGER.style.get_or_init(detect_style);
-    log::set_logger(&LOGGER)?;
+    // Err means a logger is already installed: ours from an earlier call, or
+    // the embedding program's, which then keeps receiving the records.
+    let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
-    Ok(style)
+    style
 }
 
 /// Changes the level at run time (on reload).
@@ -258,6 +262,7 @@ mod tests {
             "{stderr}"
         );
         assert!(!stderr.contains("debug hidden"), "{stderr}");
+        assert!(!stderr.contains("warn hidden"), "{stderr}");
         assert!(
             stderr.contains("<4>maskd::source: warn shown\n"),
             "{stderr}"
@@ -273,13 +278,15 @@ mod tests {
         // Pretend systemd connected our stderr to the journal.
         let stat = nix::sys::stat::fstat(std::io::stderr().as_fd()).unwrap();
         std::env::set_var("JOURNAL_STREAM", format!("{}:{}", stat.st_dev, stat.st_ino));
-        assert_eq!(init(LevelFilter::Debug).unwrap(), Style::Journal);
+        assert_eq!(init(LevelFilter::Debug), Style::Journal);
         log::info!(target: "maskd::source", "first");
         log::debug!(target: "maskd::source", "debug shown");
         set_level(LevelFilter::Info);
         log::debug!(target: "maskd::source", "debug hidden");
         log::warn!(target: "maskd::source", "warn shown");
-        assert!(init(LevelFilter::Info).is_err(), "a second init must fail");
+        // A second init keeps the logger and only changes the level.
+        assert_eq!(init(LevelFilter::Error), Style::Journal);
+        log::warn!(target: "maskd::source", "warn hidden");
     }
 
     #[test]
@@ -302,7 +309,7 @@ mod tests {
         if !test_child::in_child() {
             return;
         }
-        assert_eq!(init(LevelFilter::Info).unwrap(), Style::Plain);
+        assert_eq!(init(LevelFilter::Info), Style::Plain);
         log::info!(target: "maskd::daemon", "plain");
     }
 }

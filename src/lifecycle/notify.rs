@@ -6,6 +6,7 @@
 //! status line must not stop the cameras. Leaves out deciding *when* the loop
 //! is healthy enough to pet the watchdog (that is `daemon.rs`).
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
@@ -18,9 +19,10 @@ pub struct Notifier {
     /// Half of `WATCHDOG_USEC`: sd_watchdog_enabled(3) advises petting at
     /// half the timeout so one late frame does not kill the service.
     watchdog_every: Option<Duration>,
-    last_watchdog: Option<Instant>,
+    /// Cells so the loop can notify through a shared reference.
+    last_watchdog: Cell<Option<Instant>>,
     /// The last send failed; the next failure is not logged again.
-    failing: bool,
+    failing: Cell<bool>,
 }
 
 impl Notifier {
@@ -29,8 +31,8 @@ impl Notifier {
         Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
             watchdog_every: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
-            last_watchdog: None,
-            failing: false,
+            last_watchdog: Cell::new(None),
+            failing: Cell::new(false),
         }
     }
 
@@ -39,8 +41,8 @@ impl Notifier {
         Notifier {
             enabled: false,
             watchdog_every: None,
-            last_watchdog: None,
-            failing: false,
+            last_watchdog: Cell::new(None),
+            failing: Cell::new(false),
         }
     }
 
@@ -57,13 +59,13 @@ impl Notifier {
     }
 
     /// Start-up (or a reload) is complete.
-    pub fn ready(&mut self) {
+    pub fn ready(&self) {
         self.send(&[NotifyState::Ready]);
     }
 
     /// A reload has begun; follow with [`Notifier::ready`] when it is done.
     /// systemd 253+ requires the MONOTONIC_USEC that comes with it.
-    pub fn reloading(&mut self) {
+    pub fn reloading(&self) {
         if !self.enabled {
             return;
         }
@@ -75,7 +77,7 @@ impl Notifier {
 
     /// One-line status shown by `systemctl status`; newlines become spaces
     /// because the protocol is newline-separated.
-    pub fn status(&mut self, text: &str) {
+    pub fn status(&self, text: &str) {
         if !self.enabled {
             return;
         }
@@ -88,38 +90,38 @@ impl Notifier {
     }
 
     /// Shutdown has begun.
-    pub fn stopping(&mut self) {
+    pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);
     }
 
     /// Pets the watchdog, at most once per [`Notifier::watchdog_interval`];
     /// cheap to call every frame.
-    pub fn watchdog(&mut self) {
+    pub fn watchdog(&self) {
         let Some(every) = self.watchdog_interval() else {
             return;
         };
         let now = Instant::now();
         if self
             .last_watchdog
+            .get()
             .is_some_and(|last| now.duration_since(last) < every)
         {
             return;
         }
-        self.last_watchdog = Some(now);
+        self.last_watchdog.set(Some(now));
         self.send(&[NotifyState::Watchdog]);
     }
 
-    fn send(&mut self, state: &[NotifyState<'_>]) {
+    fn send(&self, state: &[NotifyState<'_>]) {
         if !self.enabled {
             return;
         }
         match sd_notify::notify(state) {
-            Ok(()) => self.failing = false,
+            Ok(()) => self.failing.set(false),
             Err(e) => {
-                if !self.failing {
+                if !self.failing.replace(true) {
                     log::warn!("sd_notify {state:?}: {e}");
                 }
-                self.failing = true;
             }
         }
     }
@@ -207,7 +209,7 @@ mod tests {
         if !test_child::in_child() {
             return;
         }
-        let mut n = Notifier::from_env();
+        let n = Notifier::from_env();
         assert!(n.is_enabled());
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(5)));
         n.ready();
@@ -234,13 +236,13 @@ mod tests {
         if !test_child::in_child() {
             return;
         }
-        let mut n = Notifier::from_env();
+        let n = Notifier::from_env();
         assert!(!n.is_enabled());
         assert_eq!(n.watchdog_interval(), None);
         n.ready();
         n.watchdog();
         n.stopping();
-        assert!(!n.failing, "a disabled notifier must not try to send");
+        assert!(!n.failing.get(), "a disabled notifier must not try to send");
     }
 
     #[test]
@@ -261,7 +263,7 @@ mod tests {
         if !test_child::in_child() {
             return;
         }
-        let mut n = Notifier::from_env();
+        let n = Notifier::from_env();
         assert_eq!(n.watchdog_interval(), None);
         n.ready();
         n.watchdog();
@@ -269,10 +271,10 @@ mod tests {
 
     #[test]
     fn disabled_notifier_has_no_watchdog() {
-        let mut n = Notifier::disabled();
+        let n = Notifier::disabled();
         assert!(!n.is_enabled());
         assert_eq!(n.watchdog_interval(), None);
         n.watchdog();
-        assert_eq!(n.last_watchdog, None);
+        assert_eq!(n.last_watchdog.get(), None);
     }
 }

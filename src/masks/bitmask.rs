@@ -36,7 +36,12 @@ pub fn decode(data: &[u8], width: u32, height: u32, out: &mut Vec<u8>) -> Result
     let stride = row_bytes(width);
     let expected = stride as u64 * u64::from(height);
     if data.len() as u64 != expected {
-        return Err(DecodeError::BitmaskLength { len: data.len(), width, height, expected });
+        return Err(DecodeError::BitmaskLength {
+            len: data.len(),
+            width,
+            height,
+            expected,
+        });
     }
     out.clear();
     out.reserve(len);
@@ -60,12 +65,20 @@ mod tests {
     #[test]
     fn known_vector() {
         // 10 wide: 2 bytes per row, last 6 bits padding.
-        let bits = [1, 0, 0, 0, 0, 0, 0, 1, 1, 1, /* row 2 */ 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let bits = [
+            1, 0, 0, 0, 0, 0, 0, 1, 1, 1, /* row 2 */ 0, 1, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
         let mut out = Vec::new();
         encode(&bits, 10, 2, &mut out).unwrap();
         assert_eq!(out, [0b1000_0001, 0b1100_0000, 0b0100_0000, 0b0100_0000]);
         let mut back = Vec::new();
-        decode(&[0b1000_0001, 0b1111_1111, 0b0100_0000, 0b0100_0000], 10, 2, &mut back).unwrap();
+        decode(
+            &[0b1000_0001, 0b1111_1111, 0b0100_0000, 0b0100_0000],
+            10,
+            2,
+            &mut back,
+        )
+        .unwrap();
         assert_eq!(back, bits, "padding bits are ignored");
     }
 
@@ -73,7 +86,12 @@ mod tests {
     fn wrong_length_is_rejected() {
         assert_eq!(
             decode(&[0; 3], 10, 2, &mut Vec::new()),
-            Err(DecodeError::BitmaskLength { len: 3, width: 10, height: 2, expected: 4 })
+            Err(DecodeError::BitmaskLength {
+                len: 3,
+                width: 10,
+                height: 2,
+                expected: 4
+            })
         );
     }
 

@@ -107,11 +107,20 @@ pub fn decode(data: &[u8], width: u32, height: u32, out: &mut Vec<u8>) -> Result
             x += prev[0];
         }
         if x < 0 {
-            return Err(DecodeError::NegativeCocoCount { index, offset: start, value: x });
+            return Err(DecodeError::NegativeCocoCount {
+                index,
+                offset: start,
+                value: x,
+            });
         }
         let run = x as u64;
         if run > len as u64 - pos {
-            return Err(DecodeError::RunPastEnd { offset: start, run, pos, len: len as u64 });
+            return Err(DecodeError::RunPastEnd {
+                offset: start,
+                run,
+                pos,
+                len: len as u64,
+            });
         }
         if index % 2 == 1 {
             // pos..pos+run are within len, checked above; column-major to row-major.
@@ -124,7 +133,10 @@ pub fn decode(data: &[u8], width: u32, height: u32, out: &mut Vec<u8>) -> Result
         index += 1;
     }
     if pos != len as u64 {
-        return Err(DecodeError::RunsTooShort { covered: pos, len: len as u64 });
+        return Err(DecodeError::RunsTooShort {
+            covered: pos,
+            len: len as u64,
+        });
     }
     Ok(())
 }
@@ -165,7 +177,12 @@ mod tests {
             (3, 4, vec![0; 12], "<"),
             (3, 4, vec![1; 12], "0<"),
             (4, 4, eye, "01400000"),
-            (3, 5, vec![1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1], "01111OO040"),
+            (
+                3,
+                5,
+                vec![1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1],
+                "01111OO040",
+            ),
             (
                 64,
                 48,
@@ -175,7 +192,11 @@ mod tests {
             (
                 300,
                 200,
-                rects(300, 200, &[(0, 300, 0, 3), (100, 105, 150, 151), (0, 300, 199, 200)]),
+                rects(
+                    300,
+                    200,
+                    &[(0, 300, 0, 3), (100, 105, 150, 151), (0, 300, 199, 200)],
+                ),
                 "0Tl0XU[1QTOkRSOW9",
             ),
         ]
@@ -204,20 +225,38 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(
             decode(b"4p", 2, 2, &mut out),
-            Err(DecodeError::BadCocoChar { offset: 1, byte: b'p' })
+            Err(DecodeError::BadCocoChar {
+                offset: 1,
+                byte: b'p'
+            })
         );
         // 0x20 set: another group must follow.
-        assert_eq!(decode(b"1P", 2, 2, &mut out), Err(DecodeError::TruncatedCocoCount { offset: 1 }));
+        assert_eq!(
+            decode(b"1P", 2, 2, &mut out),
+            Err(DecodeError::TruncatedCocoCount { offset: 1 })
+        );
         // 0x10 set on the last group: -16.
         assert_eq!(
             decode(b"@", 2, 2, &mut out),
-            Err(DecodeError::NegativeCocoCount { index: 0, offset: 0, value: -16 })
+            Err(DecodeError::NegativeCocoCount {
+                index: 0,
+                offset: 0,
+                value: -16
+            })
         );
         assert_eq!(
             decode(b"5", 2, 2, &mut out),
-            Err(DecodeError::RunPastEnd { offset: 0, run: 5, pos: 0, len: 4 })
+            Err(DecodeError::RunPastEnd {
+                offset: 0,
+                run: 5,
+                pos: 0,
+                len: 4
+            })
         );
-        assert_eq!(decode(b"12", 2, 2, &mut out), Err(DecodeError::RunsTooShort { covered: 3, len: 4 }));
+        assert_eq!(
+            decode(b"12", 2, 2, &mut out),
+            Err(DecodeError::RunsTooShort { covered: 3, len: 4 })
+        );
         assert_eq!(
             decode(&[b'P'; 13], 2, 2, &mut out),
             Err(DecodeError::CocoCountTooLong { offset: 0 })

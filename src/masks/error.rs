@@ -28,7 +28,9 @@ pub enum DecodeError {
     TruncatedVarint { offset: usize },
     #[error("varint at byte {offset} is longer than 10 bytes or overflows 64 bits")]
     VarintTooLong { offset: usize },
-    #[error("run of {run} at byte {offset} starts at pixel {pos} and goes past the mask's {len} pixels")]
+    #[error(
+        "run of {run} at byte {offset} starts at pixel {pos} and goes past the mask's {len} pixels"
+    )]
     RunPastEnd {
         offset: usize,
         run: u64,

@@ -144,7 +144,12 @@ mod tests {
         let err = encode(&[0; 5], 2, 2, &mut Vec::new()).unwrap_err();
         assert_eq!(
             err,
-            EncodeError::SizeMismatch { len: 5, width: 2, height: 2, expected: 4 }
+            EncodeError::SizeMismatch {
+                len: 5,
+                width: 2,
+                height: 2,
+                expected: 4
+            }
         );
     }
 
@@ -157,7 +162,12 @@ mod tests {
         );
         assert_eq!(
             decode(&[2, 3], 2, 2, &mut out),
-            Err(DecodeError::RunPastEnd { offset: 1, run: 3, pos: 2, len: 4 })
+            Err(DecodeError::RunPastEnd {
+                offset: 1,
+                run: 3,
+                pos: 2,
+                len: 4
+            })
         );
         assert_eq!(
             decode(&[1, 2], 2, 2, &mut out),
@@ -169,7 +179,11 @@ mod tests {
         );
         assert_eq!(
             decode(&[], 10_000, 10_000, &mut out),
-            Err(DecodeError::TooLarge { width: 10_000, height: 10_000, max: 1 << 26 })
+            Err(DecodeError::TooLarge {
+                width: 10_000,
+                height: 10_000,
+                max: 1 << 26
+            })
         );
     }
 

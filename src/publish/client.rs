@@ -43,16 +43,25 @@ pub struct ReceivedMask {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source} (is maskd running, and may this user open the socket?)")]
+    #[error(
+        "cannot connect to {path}: {source} (is maskd running, and may this user open the socket?)"
+    )]
     Connect { path: PathBuf, source: Errno },
     #[error("socket: {0}")]
     Io(#[from] Errno),
     #[error("bad message from maskd: {0}")]
     Wire(#[from] WireError),
     #[error("mask of prompt {prompt_id}: {source}")]
-    Mask { prompt_id: PromptId, source: DecodeError },
+    Mask {
+        prompt_id: PromptId,
+        source: DecodeError,
+    },
     #[error("maskd refused ({}): {message}", code_name(*code))]
-    Server { code: u16, closing: bool, message: String },
+    Server {
+        code: u16,
+        closing: bool,
+        message: String,
+    },
     #[error("maskd closed the connection")]
     Closed,
     #[error("no reply from maskd within {0:?}")]
@@ -82,7 +91,14 @@ impl Client {
     /// Connects to maskd's socket at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
-        let fd = sock::connect(path).map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        // Non-blocking connect: a daemon that stopped accepting gives EAGAIN
+        // at once instead of hanging; the socket is made blocking afterwards.
+        let connect_err = |source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let fd = sock::connect(path, true).map_err(connect_err)?;
+        sock::set_nonblocking(fd.as_fd(), false).map_err(connect_err)?;
         Ok(Client {
             fd,
             buf: Vec::new(),
@@ -113,7 +129,11 @@ impl Client {
             let msg = self.next_reply(deadline)?;
             match wire::parse_server(msg)? {
                 ServerMessage::Subscribed { ids, .. } => return Ok(ids.iter().collect()),
-                ServerMessage::Error { code, closing, message } => return Err(server_error(code, closing, message)),
+                ServerMessage::Error {
+                    code,
+                    closing,
+                    message,
+                } => return Err(server_error(code, closing, message)),
                 _ => {} // frames of the old subscription, stale replies
             }
         }
@@ -129,7 +149,11 @@ impl Client {
             let msg = self.next_reply(deadline)?;
             match wire::parse_server(msg)? {
                 ServerMessage::Unsubscribed => return Ok(()),
-                ServerMessage::Error { code, closing, message } => return Err(server_error(code, closing, message)),
+                ServerMessage::Error {
+                    code,
+                    closing,
+                    message,
+                } => return Err(server_error(code, closing, message)),
                 _ => {}
             }
         }
@@ -145,7 +169,11 @@ impl Client {
             let msg = self.next_reply(deadline)?;
             match wire::parse_server(msg)? {
                 ServerMessage::Pong { token: t } if t == token => return Ok(start.elapsed()),
-                ServerMessage::Error { code, closing, message } => return Err(server_error(code, closing, message)),
+                ServerMessage::Error {
+                    code,
+                    closing,
+                    message,
+                } => return Err(server_error(code, closing, message)),
                 ServerMessage::Frame(..) => {
                     if self.stash.len() == MAX_STASHED {
                         self.stash.pop_front();
@@ -177,13 +205,31 @@ impl Client {
                     let mut out = Vec::with_capacity(usize::from(header.mask_count));
                     for m in masks.iter() {
                         let mut bits = Vec::new();
-                        masks::decode(header.encoding, m.payload, header.mask_width, header.mask_height, &mut bits)
-                            .map_err(|source| ClientError::Mask { prompt_id: m.prompt_id, source })?;
-                        out.push(ReceivedMask { prompt_id: m.prompt_id, score: m.score, coverage: m.coverage, bits });
+                        masks::decode(
+                            header.encoding,
+                            m.payload,
+                            header.mask_width,
+                            header.mask_height,
+                            &mut bits,
+                        )
+                        .map_err(|source| ClientError::Mask {
+                            prompt_id: m.prompt_id,
+                            source,
+                        })?;
+                        out.push(ReceivedMask {
+                            prompt_id: m.prompt_id,
+                            score: m.score,
+                            coverage: m.coverage,
+                            bits,
+                        });
                     }
                     return Ok(Some(FrameMessage { header, masks: out }));
                 }
-                ServerMessage::Error { code, closing, message } => return Err(server_error(code, closing, message)),
+                ServerMessage::Error {
+                    code,
+                    closing,
+                    message,
+                } => return Err(server_error(code, closing, message)),
                 _ => {} // late replies
             }
         }
@@ -249,5 +295,9 @@ impl AsFd for Client {
 }
 
 fn server_error(code: u16, closing: bool, message: &[u8]) -> ClientError {
-    ClientError::Server { code, closing, message: String::from_utf8_lossy(message).into_owned() }
+    ClientError::Server {
+        code,
+        closing,
+        message: String::from_utf8_lossy(message).into_owned(),
+    }
 }

@@ -7,10 +7,19 @@
 //! [`PromptDirectory`], which the engine implements.
 
 mod client;
+mod listener;
+mod server;
+#[cfg(test)]
+mod server_tests;
+mod sndbuf;
 mod sock;
+mod subscriber;
+#[cfg(test)]
+mod testutil;
 pub mod wire;
 
-pub use client::{Client, ClientError, FrameMessage, ReceivedMask};
+pub use client::{Client, ClientError, FrameMessage, ReceivedMask, DEFAULT_REPLY_TIMEOUT};
+pub use server::{PublishStats, Publisher};
 
 use crate::masks::PromptId;
 

@@ -414,7 +414,7 @@ fn missing_device_fails_start_and_keeps_retrying() {
         32,
     )
     .unwrap();
-    let err = source.start().err().expect("no such device");
+    let err = source.start().expect_err("no such device");
     assert!(matches!(err, SourceError::Start { .. }), "{err:?}");
     assert!(err.to_string().contains("v4l2src"), "{err}");
     assert!(matches!(source.stats().state, SourceState::Retrying { .. }));

@@ -25,8 +25,12 @@ use maskd_sparse::{best, KernelKind, NmMatrix, NmPattern, PackedSpmm};
 #[cfg(not(maskd_no_tract))]
 use tract_core::{ops::einsum::EinSum, prelude::*};
 
-const SHAPES: [(&str, usize, usize); 4] =
-    [("qkv", 192, 576), ("proj", 192, 192), ("fc1", 192, 768), ("fc2", 768, 192)];
+const SHAPES: [(&str, usize, usize); 4] = [
+    ("qkv", 192, 576),
+    ("proj", 192, 192),
+    ("fc1", 192, 768),
+    ("fc2", 768, 192),
+];
 const TOKENS: [usize; 3] = [196, 98, 49];
 
 /// Deterministic pseudo-random floats in [-1, 1) (xorshift), no extra dependency.
@@ -50,7 +54,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { seconds: 1.0, threads: 1, generic: false };
+    let mut a = Args {
+        seconds: 1.0,
+        threads: 1,
+        generic: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
         match s.as_str() {
@@ -136,7 +144,10 @@ fn main() {
                     err = err.max((a - b).abs() / scale);
                 }
             }
-            assert!(err < 1e-4, "{name} T={t}: kernels disagree with tract (rel err {err:e})");
+            assert!(
+                err < 1e-4,
+                "{name} T={t}: kernels disagree with tract (rel err {err:e})"
+            );
 
             // Single calls, interleaved: each repetition times tract and every
             // kernel back to back (order alternating), and the speedup is taken
@@ -224,7 +235,8 @@ fn main() {
 
 fn kernels_name(k: KernelKind) -> String {
     let m = NmMatrix::from_dense_pruned(&[1.0; 16], 4, 4, NmPattern::TWO_FOUR).unwrap();
-    PackedSpmm::with_kernel(&m, None, k).map_or(k.name().to_string(), |p| p.kernel_name().to_string())
+    PackedSpmm::with_kernel(&m, None, k)
+        .map_or(k.name().to_string(), |p| p.kernel_name().to_string())
 }
 
 fn cpu_name() -> String {
@@ -269,13 +281,24 @@ fn dense_baseline(w: &[f32], x: &[f32], t: usize, k: usize, n: usize) -> DenseRu
 #[cfg(not(maskd_no_tract))]
 impl DenseRun {
     fn run(&mut self) {
-        let out = self.state.run(tvec![self.input.clone()]).expect("tract run");
+        let out = self
+            .state
+            .run(tvec![self.input.clone()])
+            .expect("tract run");
         black_box(out);
     }
 
     fn output(&mut self) -> Vec<f32> {
-        let out = self.state.run(tvec![self.input.clone()]).expect("tract run");
-        out[0].to_plain_array_view::<f32>().expect("f32 output").iter().copied().collect()
+        let out = self
+            .state
+            .run(tvec![self.input.clone()])
+            .expect("tract run");
+        out[0]
+            .to_plain_array_view::<f32>()
+            .expect("f32 output")
+            .iter()
+            .copied()
+            .collect()
     }
 }
 

@@ -35,7 +35,9 @@ pub enum SparseError {
     },
 
     /// Kept indices of a group are not strictly increasing (the canonical order).
-    #[error("weight column {col}, group {group}: kept indices {indices:?} are not strictly increasing")]
+    #[error(
+        "weight column {col}, group {group}: kept indices {indices:?} are not strictly increasing"
+    )]
     BadIndexOrder {
         col: usize,
         group: usize,
@@ -63,5 +65,8 @@ pub enum SparseError {
     /// The requested kernel cannot run here (CPU feature missing, other architecture)
     /// or does not cover the pattern.
     #[error("sparse kernel `{kernel}` unavailable: {reason}")]
-    KernelUnavailable { kernel: &'static str, reason: String },
+    KernelUnavailable {
+        kernel: &'static str,
+        reason: String,
+    },
 }

@@ -512,7 +512,10 @@ mod tests {
         let e = NmMatrix::from_parts(p, 4, 1, vec![1.0, 2.0], idx).unwrap_err();
         assert!(matches!(e, SparseError::BadIndexOrder { .. }), "{e}");
         let e = NmMatrix::from_parts(p, 4, 1, vec![1.0], vec![0]).unwrap_err();
-        assert!(matches!(e, SparseError::BadLength { what: "values", .. }), "{e}");
+        assert!(
+            matches!(e, SparseError::BadLength { what: "values", .. }),
+            "{e}"
+        );
         // M = 3 uses 2 bits, so index 3 is representable but out of range.
         let p3 = NmPattern::new(1, 3).unwrap();
         let e = NmMatrix::from_parts(p3, 3, 1, vec![1.0], vec![3]).unwrap_err();

@@ -31,18 +31,38 @@ impl TextEncoder {
         let t = &manifest.text;
         let ids = [Dim::Fixed(1), Dim::Sym("L")];
         let i64_ = i64::datum_type();
-        let mut inputs =
-            vec![IoSpec::new(&t.input_ids, i64_, &ids), IoSpec::new(&t.attention_mask, i64_, &ids)];
+        let mut inputs = vec![
+            IoSpec::new(&t.input_ids, i64_, &ids),
+            IoSpec::new(&t.attention_mask, i64_, &ids),
+        ];
         if let Some(name) = &t.token_type_ids {
             inputs.push(IoSpec::new(name, i64_, &ids));
         }
-        let outputs = [IoSpec::new(&t.output, f32::datum_type(), &[Dim::Fixed(1), Dim::Sym("L"), Dim::Fixed(t.dim)])];
+        let outputs = [IoSpec::new(
+            &t.output,
+            f32::datum_type(),
+            &[Dim::Fixed(1), Dim::Sym("L"), Dim::Fixed(t.dim)],
+        )];
         // The int8 MiniLM export declares value_info shapes that tract cannot unify.
-        let options = PlanOptions { ignore_value_info: true, executor: None };
-        let plan = Plan::load(&t.model, manifest.relative(&t.model), &inputs, &outputs, &options)
-            .with_context(|| format!("{}: text.model", manifest.path.display()))?;
+        let options = PlanOptions {
+            ignore_value_info: true,
+            executor: None,
+        };
+        let plan = Plan::load(
+            &t.model,
+            manifest.relative(&t.model),
+            &inputs,
+            &outputs,
+            &options,
+        )
+        .with_context(|| format!("{}: text.model", manifest.path.display()))?;
         let state = plan.spawn()?;
-        Ok(TextEncoder { plan, state, dim: t.dim, type_ids: t.token_type_ids.is_some() })
+        Ok(TextEncoder {
+            plan,
+            state,
+            dim: t.dim,
+            type_ids: t.token_type_ids.is_some(),
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -64,7 +84,10 @@ impl TextEncoder {
         if self.type_ids {
             inputs.push(tract_ndarray::Array2::<i64>::zeros((1, l)).into_tvalue());
         }
-        let outputs = self.state.run(inputs).with_context(|| format!("{}: running", self.plan.shown.display()))?;
+        let outputs = self
+            .state
+            .run(inputs)
+            .with_context(|| format!("{}: running", self.plan.shown.display()))?;
         let hidden = crate::engine::plan::output_f32(&outputs, 0, "last_hidden_state")?;
         anyhow::ensure!(
             hidden.len() == l * self.dim,
@@ -87,7 +110,12 @@ pub fn mean_pool_normalize(hidden: &[f32], dim: usize) -> Vec<f32> {
         }
     }
     let n = rows.max(1) as f64;
-    let norm = sum.iter().map(|s| (s / n) * (s / n)).sum::<f64>().sqrt().max(1e-12);
+    let norm = sum
+        .iter()
+        .map(|s| (s / n) * (s / n))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
     sum.iter().map(|s| (s / n / norm) as f32).collect()
 }
 
@@ -105,7 +133,10 @@ mod tests {
     fn pooling_is_mean_then_unit_length() {
         let v = mean_pool_normalize(&[1.0, 0.0, 3.0, 4.0], 2);
         // mean (2, 2) -> (0.7071, 0.7071)
-        assert!((v[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6 && (v[1] - v[0]).abs() < 1e-7, "{v:?}");
+        assert!(
+            (v[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6 && (v[1] - v[0]).abs() < 1e-7,
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -151,18 +182,27 @@ mask_size = [56, 56]
         let reference = root().join("tests/data/text_reference.tsv");
         let model = root().join("models/text/minilm-l6-v2-int8.onnx");
         if !model.exists() || !reference.exists() {
-            eprintln!("SKIPPED: {} or {} is absent", model.display(), reference.display());
+            eprintln!(
+                "SKIPPED: {} or {} is absent",
+                model.display(),
+                reference.display()
+            );
             return;
         }
         let m = Manifest::parse(REAL_TEXT, &root().join("models/default.toml")).unwrap();
-        let tok = Tokenizer::from_vocab_file(&m.text.vocab, m.text.lowercase, m.text.max_tokens).unwrap();
+        let tok =
+            Tokenizer::from_vocab_file(&m.text.vocab, m.text.lowercase, m.text.max_tokens).unwrap();
         let mut enc = TextEncoder::load(&m).unwrap();
         let text = std::fs::read_to_string(&reference).unwrap();
         let mut worst = (f64::MAX, String::new());
         let mut n = 0;
         for line in text.lines().filter(|l| !l.is_empty()) {
             let mut cols = line.split('\t');
-            let (prompt, ids, vec) = (cols.next().unwrap(), cols.next().unwrap(), cols.next().unwrap());
+            let (prompt, ids, vec) = (
+                cols.next().unwrap(),
+                cols.next().unwrap(),
+                cols.next().unwrap(),
+            );
             let want_ids: Vec<u32> = ids.split(' ').map(|s| s.parse().unwrap()).collect();
             assert_eq!(tok.encode(prompt).ids, want_ids, "token ids of {prompt:?}");
             let want: Vec<f64> = vec.split(' ').map(|s| s.parse().unwrap()).collect();
@@ -175,7 +215,10 @@ mask_size = [56, 56]
             }
             n += 1;
         }
-        eprintln!("real encoder: {n} prompts, worst cosine {:.6} ({:?})", worst.0, worst.1);
+        eprintln!(
+            "real encoder: {n} prompts, worst cosine {:.6} ({:?})",
+            worst.0, worst.1
+        );
         assert!(n >= 50, "only {n} reference prompts");
         assert!(worst.0 >= 0.999, "cosine {} for {:?}", worst.0, worst.1);
     }

@@ -32,7 +32,10 @@ const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error("{}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: the vocabulary has no {token} token", path.display())]
     MissingToken { path: PathBuf, token: &'static str },
 }
@@ -59,12 +62,20 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Reads a `vocab.txt` (one token per line, id = line index).
-    pub fn from_vocab_file(path: &Path, lowercase: bool, max_tokens: usize) -> Result<Tokenizer, TokenizerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TokenizerError::Read { path: path.to_owned(), source })?;
-        Tokenizer::from_tokens(text.lines(), lowercase, max_tokens).map_err(|token| TokenizerError::MissingToken {
+    pub fn from_vocab_file(
+        path: &Path,
+        lowercase: bool,
+        max_tokens: usize,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Read {
             path: path.to_owned(),
-            token,
+            source,
+        })?;
+        Tokenizer::from_tokens(text.lines(), lowercase, max_tokens).map_err(|token| {
+            TokenizerError::MissingToken {
+                path: path.to_owned(),
+                token,
+            }
         })
     }
 
@@ -83,10 +94,20 @@ impl Tokenizer {
         }
         let get = |t: &'static str| vocab.get(t).copied().ok_or(t);
         let (cls, sep, unk) = (get("[CLS]")?, get("[SEP]")?, get("[UNK]")?);
-        let mut specials: Vec<(&'static str, u32)> =
-            SPECIAL_TOKENS.iter().filter_map(|t| vocab.get(*t).map(|id| (*t, *id))).collect();
+        let mut specials: Vec<(&'static str, u32)> = SPECIAL_TOKENS
+            .iter()
+            .filter_map(|t| vocab.get(*t).map(|id| (*t, *id)))
+            .collect();
         specials.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
-        Ok(Tokenizer { vocab, lowercase, max_tokens: max_tokens.max(2), cls, sep, unk, specials })
+        Ok(Tokenizer {
+            vocab,
+            lowercase,
+            max_tokens: max_tokens.max(2),
+            cls,
+            sep,
+            unk,
+            specials,
+        })
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -263,8 +284,8 @@ mod tests {
 
     fn tiny(max_tokens: usize) -> Tokenizer {
         let vocab = [
-            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "circle", "circ", "##le", "##s", "un", "##aff",
-            "##able", "!", ",", "cafe", "東", "京", "a",
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "circle", "circ", "##le", "##s",
+            "un", "##aff", "##able", "!", ",", "cafe", "東", "京", "a",
         ];
         Tokenizer::from_tokens(vocab, true, max_tokens).unwrap()
     }
@@ -311,12 +332,16 @@ mod tests {
 
     #[test]
     fn missing_required_token() {
-        assert_eq!(Tokenizer::from_tokens(["[CLS]", "[SEP]"], true, 8).unwrap_err(), "[UNK]");
+        assert_eq!(
+            Tokenizer::from_tokens(["[CLS]", "[SEP]"], true, 8).unwrap_err(),
+            "[UNK]"
+        );
     }
 
     #[test]
     fn cased_keeps_case_and_accents() {
-        let t = Tokenizer::from_tokens(["[UNK]", "[CLS]", "[SEP]", "Café", "red"], false, 8).unwrap();
+        let t =
+            Tokenizer::from_tokens(["[UNK]", "[CLS]", "[SEP]", "Café", "red"], false, 8).unwrap();
         assert_eq!(ids(&t, "Café RED"), [1, 3, 0, 2]);
     }
 }

@@ -45,15 +45,21 @@ impl EncoderWorker {
     pub fn spawn(mut encoder: TextEncoder) -> std::io::Result<EncoderWorker> {
         let (req_tx, req_rx) = mpsc::sync_channel::<Request>(QUEUE_DEPTH);
         let (res_tx, res_rx) = mpsc::sync_channel::<Response>(QUEUE_DEPTH);
-        let thread = std::thread::Builder::new().name("maskd-text".into()).spawn(move || {
-            for req in req_rx {
-                let result = encoder.encode(&req.tokens).map_err(|e| format!("{e:#}"));
-                if res_tx.send(Response { id: req.id, result }).is_err() {
-                    break;
+        let thread = std::thread::Builder::new()
+            .name("maskd-text".into())
+            .spawn(move || {
+                for req in req_rx {
+                    let result = encoder.encode(&req.tokens).map_err(|e| format!("{e:#}"));
+                    if res_tx.send(Response { id: req.id, result }).is_err() {
+                        break;
+                    }
                 }
-            }
-        })?;
-        Ok(EncoderWorker { requests: Some(req_tx), results: Some(res_rx), thread: Some(thread) })
+            })?;
+        Ok(EncoderWorker {
+            requests: Some(req_tx),
+            results: Some(res_rx),
+            thread: Some(thread),
+        })
     }
 
     /// Queues a request without blocking; gives it back if the queue is full, or fails
@@ -112,8 +118,22 @@ mod tests {
     #[test]
     fn encodes_in_background_and_reports_errors() {
         let w = EncoderWorker::spawn(encoder()).unwrap();
-        assert_eq!(w.try_submit(Request { id: 7, tokens: vec![2, 40, 3] }).unwrap(), None);
-        assert_eq!(w.try_submit(Request { id: 8, tokens: vec![] }).unwrap(), None);
+        assert_eq!(
+            w.try_submit(Request {
+                id: 7,
+                tokens: vec![2, 40, 3]
+            })
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            w.try_submit(Request {
+                id: 8,
+                tokens: vec![]
+            })
+            .unwrap(),
+            None
+        );
         let a = w.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
         assert_eq!(a.id, 7);
         assert_eq!(a.result.unwrap().len(), 16);
@@ -128,7 +148,13 @@ mod tests {
         // Never drained: the worker blocks on the result queue, the request queue fills.
         let mut given_back = None;
         for id in 0..(4 * QUEUE_DEPTH as u32) {
-            if let Some(r) = w.try_submit(Request { id, tokens: vec![2, 3] }).unwrap() {
+            if let Some(r) = w
+                .try_submit(Request {
+                    id,
+                    tokens: vec![2, 3],
+                })
+                .unwrap()
+            {
                 given_back = Some(r.id);
                 break;
             }

@@ -15,7 +15,6 @@ pub use read::*;
 pub use write::*;
 
 use crate::config::MaskEncoding;
-use crate::masks::PromptId;
 
 pub const MAGIC: [u8; 4] = *b"MSKD";
 /// The only version this server speaks and accepts.
@@ -169,9 +168,9 @@ impl WireError {
     /// The ERROR code that reports this problem to a client.
     pub fn code(&self) -> ErrorCode {
         match self {
-            WireError::TooShort { .. } | WireError::Truncated { .. } | WireError::TrailingBytes { .. } => {
-                ErrorCode::Malformed
-            }
+            WireError::TooShort { .. }
+            | WireError::Truncated { .. }
+            | WireError::TrailingBytes { .. } => ErrorCode::Malformed,
             WireError::TooManyIds { .. } => ErrorCode::Malformed,
             WireError::BadMagic { .. } => ErrorCode::BadMagic,
             WireError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,

@@ -14,7 +14,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(msg: &'a [u8], what: &'static str) -> Reader<'a> {
-        Reader { msg, pos: PREFIX_LEN, what }
+        Reader {
+            msg,
+            pos: PREFIX_LEN,
+            what,
+        }
     }
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.saturating_add(n);
@@ -55,7 +59,10 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), WireError> {
         match self.msg.len().saturating_sub(self.pos) {
             0 => Ok(()),
-            extra => Err(WireError::TrailingBytes { what: self.what, extra }),
+            extra => Err(WireError::TrailingBytes {
+                what: self.what,
+                extra,
+            }),
         }
     }
 }
@@ -123,7 +130,10 @@ impl<'a> Prompts<'a> {
 /// Parses and fully validates a client->server message.
 pub fn parse_control(msg: &[u8]) -> Result<Control<'_>, WireError> {
     if msg.len() > MAX_CONTROL_LEN {
-        return Err(WireError::MessageTooLarge { len: msg.len(), max: MAX_CONTROL_LEN });
+        return Err(WireError::MessageTooLarge {
+            len: msg.len(),
+            max: MAX_CONTROL_LEN,
+        });
     }
     let ty = parse_prefix(msg)?;
     match ty {
@@ -150,11 +160,20 @@ pub fn parse_control(msg: &[u8]) -> Result<Control<'_>, WireError> {
                 }
                 let text = r.bytes(len)?;
                 if let Err(e) = std::str::from_utf8(text) {
-                    return Err(WireError::BadUtf8 { index, valid_up_to: e.valid_up_to() });
+                    return Err(WireError::BadUtf8 {
+                        index,
+                        valid_up_to: e.valid_up_to(),
+                    });
                 }
             }
             r.finish()?;
-            Ok(Control::Subscribe { encoding, prompts: Prompts { data: &msg[start..], count } })
+            Ok(Control::Subscribe {
+                encoding,
+                prompts: Prompts {
+                    data: &msg[start..],
+                    count,
+                },
+            })
         }
         MessageType::Unsubscribe => {
             Reader::new(msg, "UNSUBSCRIBE").finish()?;
@@ -166,7 +185,9 @@ pub fn parse_control(msg: &[u8]) -> Result<Control<'_>, WireError> {
             r.finish()?;
             Ok(Control::Ping { token })
         }
-        other => Err(WireError::UnknownType { found: other as u16 }),
+        other => Err(WireError::UnknownType {
+            found: other as u16,
+        }),
     }
 }
 
@@ -202,10 +223,19 @@ pub struct WireMask<'a> {
 pub enum ServerMessage<'a> {
     Frame(FrameHeader, FrameMasks<'a>),
     /// The ids, in the order of the SUBSCRIBE's prompts.
-    Subscribed { encoding: MaskEncoding, ids: Ids<'a> },
+    Subscribed {
+        encoding: MaskEncoding,
+        ids: Ids<'a>,
+    },
     Unsubscribed,
-    Pong { token: u64 },
-    Error { code: u16, closing: bool, message: &'a [u8] },
+    Pong {
+        token: u64,
+    },
+    Error {
+        code: u16,
+        closing: bool,
+        message: &'a [u8],
+    },
 }
 
 /// The validated masks of a FRAME.
@@ -217,7 +247,11 @@ pub struct FrameMasks<'a> {
 
 impl<'a> FrameMasks<'a> {
     pub fn iter(&self) -> impl Iterator<Item = WireMask<'a>> + 'a {
-        let mut r = Reader { msg: self.data, pos: 0, what: "mask" };
+        let mut r = Reader {
+            msg: self.data,
+            pos: 0,
+            what: "mask",
+        };
         // Every read was bounds-checked in `parse_server`; the fallbacks are unreachable.
         (0..self.count).map(move |_| WireMask {
             prompt_id: r.u32().unwrap_or_default(),
@@ -237,14 +271,19 @@ pub struct Ids<'a>(&'a [u8]);
 
 impl<'a> Ids<'a> {
     pub fn iter(&self) -> impl Iterator<Item = PromptId> + 'a {
-        self.0.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        self.0
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 }
 
 /// Parses and validates a server->client message.
 pub fn parse_server(msg: &[u8]) -> Result<ServerMessage<'_>, WireError> {
     if msg.len() > MAX_MESSAGE_LEN {
-        return Err(WireError::MessageTooLarge { len: msg.len(), max: MAX_MESSAGE_LEN });
+        return Err(WireError::MessageTooLarge {
+            len: msg.len(),
+            max: MAX_MESSAGE_LEN,
+        });
     }
     match parse_prefix(msg)? {
         MessageType::Frame => {
@@ -258,7 +297,8 @@ pub fn parse_server(msg: &[u8]) -> Result<ServerMessage<'_>, WireError> {
             let mask_height = r.u32()?;
             let mask_count = r.u16()?;
             let code = r.u8()?;
-            let encoding = encoding_from_code(code).ok_or(WireError::UnknownEncoding { found: code })?;
+            let encoding =
+                encoding_from_code(code).ok_or(WireError::UnknownEncoding { found: code })?;
             let _reserved = r.u8()?;
             let dropped = r.u32()?;
             let start = r.pos;
@@ -281,20 +321,33 @@ pub fn parse_server(msg: &[u8]) -> Result<ServerMessage<'_>, WireError> {
                 encoding,
                 dropped,
             };
-            Ok(ServerMessage::Frame(header, FrameMasks { data: &msg[start..], count: usize::from(mask_count) }))
+            Ok(ServerMessage::Frame(
+                header,
+                FrameMasks {
+                    data: &msg[start..],
+                    count: usize::from(mask_count),
+                },
+            ))
         }
         MessageType::Subscribed => {
             let mut r = Reader::new(msg, "SUBSCRIBED");
             let code = r.u8()?;
-            let encoding = encoding_from_code(code).ok_or(WireError::UnknownEncoding { found: code })?;
+            let encoding =
+                encoding_from_code(code).ok_or(WireError::UnknownEncoding { found: code })?;
             let _reserved = r.u8()?;
             let count = usize::from(r.u16()?);
             if count > MAX_PROMPTS {
-                return Err(WireError::TooManyIds { count, max: MAX_PROMPTS });
+                return Err(WireError::TooManyIds {
+                    count,
+                    max: MAX_PROMPTS,
+                });
             }
             let ids = r.bytes(4 * count)?;
             r.finish()?;
-            Ok(ServerMessage::Subscribed { encoding, ids: Ids(ids) })
+            Ok(ServerMessage::Subscribed {
+                encoding,
+                ids: Ids(ids),
+            })
         }
         MessageType::Unsubscribed => {
             Reader::new(msg, "UNSUBSCRIBED").finish()?;
@@ -315,8 +368,14 @@ pub fn parse_server(msg: &[u8]) -> Result<ServerMessage<'_>, WireError> {
             let message = r.bytes(len)?;
             // Later versions may append fields to ERROR; ignore them.
             let _ = r.rest();
-            Ok(ServerMessage::Error { code, closing, message })
+            Ok(ServerMessage::Error {
+                code,
+                closing,
+                message,
+            })
         }
-        other => Err(WireError::UnknownType { found: other as u16 }),
+        other => Err(WireError::UnknownType {
+            found: other as u16,
+        }),
     }
 }

@@ -42,8 +42,14 @@ fn frame_round_trip() {
     h.write(&mut out);
     write_mask(&mut out, 5, 0.5, 0.25, b"abc");
     write_mask(&mut out, 9, 1.0, 0.0, b"");
-    assert_eq!(out[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 4], 5u32.to_le_bytes());
-    assert_eq!(out[FRAME_HEADER_LEN + 12..FRAME_HEADER_LEN + 16], 3u32.to_le_bytes());
+    assert_eq!(
+        out[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 4],
+        5u32.to_le_bytes()
+    );
+    assert_eq!(
+        out[FRAME_HEADER_LEN + 12..FRAME_HEADER_LEN + 16],
+        3u32.to_le_bytes()
+    );
     let ServerMessage::Frame(parsed, masks) = parse_server(&out).unwrap() else {
         panic!("not a frame");
     };
@@ -52,8 +58,18 @@ fn frame_round_trip() {
     assert_eq!(
         masks,
         [
-            WireMask { prompt_id: 5, score: 0.5, coverage: 0.25, payload: b"abc" },
-            WireMask { prompt_id: 9, score: 1.0, coverage: 0.0, payload: b"" },
+            WireMask {
+                prompt_id: 5,
+                score: 0.5,
+                coverage: 0.25,
+                payload: b"abc"
+            },
+            WireMask {
+                prompt_id: 9,
+                score: 1.0,
+                coverage: 0.0,
+                payload: b""
+            },
         ]
     );
 }
@@ -68,7 +84,12 @@ fn frame_with_short_mask_is_truncated() {
     out.pop();
     assert_eq!(
         parse_server(&out),
-        Err(WireError::Truncated { what: "mask", offset: 72, end: 75, len: 74 })
+        Err(WireError::Truncated {
+            what: "mask",
+            offset: 72,
+            end: 75,
+            len: 74
+        })
     );
 }
 
@@ -83,7 +104,10 @@ fn replies_round_trip() {
     assert_eq!(ids.iter().collect::<Vec<_>>(), [3, 1, 3]);
 
     write_pong(&mut out, 0xdead_beef);
-    assert_eq!(parse_server(&out), Ok(ServerMessage::Pong { token: 0xdead_beef }));
+    assert_eq!(
+        parse_server(&out),
+        Ok(ServerMessage::Pong { token: 0xdead_beef })
+    );
     write_unsubscribed(&mut out);
     assert_eq!(parse_server(&out), Ok(ServerMessage::Unsubscribed));
 }
@@ -93,7 +117,12 @@ fn error_text_is_cut_at_a_char_boundary() {
     let mut out = Vec::new();
     let text = "é".repeat(MAX_ERROR_TEXT); // 2 bytes each
     write_error(&mut out, ErrorCode::PromptRejected, false, &text);
-    let Ok(ServerMessage::Error { code, closing, message }) = parse_server(&out) else {
+    let Ok(ServerMessage::Error {
+        code,
+        closing,
+        message,
+    }) = parse_server(&out)
+    else {
         panic!("not an error");
     };
     assert_eq!((code, closing), (ErrorCode::PromptRejected as u16, false));
@@ -112,7 +141,10 @@ fn error_of_another_version_is_readable() {
     };
     assert_eq!(message, b"speak 7");
     out[6] = MessageType::Pong as u8;
-    assert_eq!(parse_server(&out), Err(WireError::UnsupportedVersion { found: 7 }));
+    assert_eq!(
+        parse_server(&out),
+        Err(WireError::UnsupportedVersion { found: 7 })
+    );
 }
 
 #[test]
@@ -127,7 +159,11 @@ fn subscribe_round_trip() {
     assert_eq!(prompts.iter().collect::<Vec<_>>(), ["red circle", "ß"]);
 
     write_subscribe(&mut out, None, &[]).unwrap();
-    let Ok(Control::Subscribe { encoding: None, prompts }) = parse_control(&out) else {
+    let Ok(Control::Subscribe {
+        encoding: None,
+        prompts,
+    }) = parse_control(&out)
+    else {
         panic!("not subscribe with default encoding");
     };
     assert!(prompts.is_empty());
@@ -158,9 +194,18 @@ fn raw_subscribe(enc: u8, texts: &[&[u8]]) -> Vec<u8> {
 #[test]
 fn control_rejections() {
     assert_eq!(parse_control(b"MSKD"), Err(WireError::TooShort { len: 4 }));
-    assert_eq!(parse_control(b"MASK\x01\x00\x03\x01"), Err(WireError::BadMagic { found: *b"MASK" }));
-    assert_eq!(parse_control(b"MSKD\x02\x00\x03\x01"), Err(WireError::UnsupportedVersion { found: 2 }));
-    assert_eq!(parse_control(b"MSKD\x01\x00\x99\x01"), Err(WireError::UnknownType { found: 0x0199 }));
+    assert_eq!(
+        parse_control(b"MASK\x01\x00\x03\x01"),
+        Err(WireError::BadMagic { found: *b"MASK" })
+    );
+    assert_eq!(
+        parse_control(b"MSKD\x02\x00\x03\x01"),
+        Err(WireError::UnsupportedVersion { found: 2 })
+    );
+    assert_eq!(
+        parse_control(b"MSKD\x01\x00\x99\x01"),
+        Err(WireError::UnknownType { found: 0x0199 })
+    );
     assert_eq!(
         parse_control(b"MSKD\x01\x00\x01\x00"),
         Err(WireError::UnknownType { found: 1 }),
@@ -168,38 +213,68 @@ fn control_rejections() {
     );
     assert_eq!(
         parse_control(b"MSKD\x01\x00\x03\x01\x01\x02"),
-        Err(WireError::Truncated { what: "PING", offset: 8, end: 16, len: 10 })
+        Err(WireError::Truncated {
+            what: "PING",
+            offset: 8,
+            end: 16,
+            len: 10
+        })
     );
     assert_eq!(
         parse_control(b"MSKD\x01\x00\x02\x01x"),
-        Err(WireError::TrailingBytes { what: "UNSUBSCRIBE", extra: 1 })
+        Err(WireError::TrailingBytes {
+            what: "UNSUBSCRIBE",
+            extra: 1
+        })
     );
-    assert_eq!(parse_control(&raw_subscribe(4, &[])), Err(WireError::UnknownEncoding { found: 4 }));
-    assert_eq!(parse_control(&raw_subscribe(1, &[b"ok", b""])), Err(WireError::EmptyPrompt { index: 1 }));
+    assert_eq!(
+        parse_control(&raw_subscribe(4, &[])),
+        Err(WireError::UnknownEncoding { found: 4 })
+    );
+    assert_eq!(
+        parse_control(&raw_subscribe(1, &[b"ok", b""])),
+        Err(WireError::EmptyPrompt { index: 1 })
+    );
     assert_eq!(
         parse_control(&raw_subscribe(1, &[b"ok", b"\xffx"])),
-        Err(WireError::BadUtf8 { index: 1, valid_up_to: 0 })
+        Err(WireError::BadUtf8 {
+            index: 1,
+            valid_up_to: 0
+        })
     );
     let long = [b'a'; MAX_PROMPT_BYTES + 1];
     assert_eq!(
         parse_control(&raw_subscribe(1, &[&long])),
-        Err(WireError::PromptTooLong { index: 0, len: MAX_PROMPT_BYTES + 1 })
+        Err(WireError::PromptTooLong {
+            index: 0,
+            len: MAX_PROMPT_BYTES + 1
+        })
     );
     let many = vec![&b"x"[..]; MAX_PROMPTS + 1];
     assert_eq!(
         parse_control(&raw_subscribe(1, &many)),
-        Err(WireError::TooManyPrompts { count: MAX_PROMPTS + 1 })
+        Err(WireError::TooManyPrompts {
+            count: MAX_PROMPTS + 1
+        })
     );
     let mut truncated = raw_subscribe(1, &[b"abc"]);
     truncated.pop();
     assert_eq!(
         parse_control(&truncated),
-        Err(WireError::Truncated { what: "SUBSCRIBE", offset: 14, end: 17, len: 16 })
+        Err(WireError::Truncated {
+            what: "SUBSCRIBE",
+            offset: 14,
+            end: 17,
+            len: 16
+        })
     );
     let huge = vec![0; MAX_CONTROL_LEN + 1];
     assert_eq!(
         parse_control(&huge),
-        Err(WireError::MessageTooLarge { len: MAX_CONTROL_LEN + 1, max: MAX_CONTROL_LEN })
+        Err(WireError::MessageTooLarge {
+            len: MAX_CONTROL_LEN + 1,
+            max: MAX_CONTROL_LEN
+        })
     );
 }
 
@@ -216,24 +291,35 @@ fn the_largest_valid_subscribe_fits_the_control_limit() {
 #[test]
 fn write_subscribe_checks_limits() {
     let mut out = Vec::new();
-    assert_eq!(write_subscribe(&mut out, None, &[""]), Err(WireError::EmptyPrompt { index: 0 }));
+    assert_eq!(
+        write_subscribe(&mut out, None, &[""]),
+        Err(WireError::EmptyPrompt { index: 0 })
+    );
     let many = vec!["x"; MAX_PROMPTS + 1];
     assert_eq!(
         write_subscribe(&mut out, None, &many),
-        Err(WireError::TooManyPrompts { count: MAX_PROMPTS + 1 })
+        Err(WireError::TooManyPrompts {
+            count: MAX_PROMPTS + 1
+        })
     );
 }
 
 #[test]
 fn codes_round_trip() {
-    for e in [MaskEncoding::Rle, MaskEncoding::CocoRle, MaskEncoding::Bitmask] {
+    for e in [
+        MaskEncoding::Rle,
+        MaskEncoding::CocoRle,
+        MaskEncoding::Bitmask,
+    ] {
         assert_eq!(encoding_from_code(encoding_code(e)), Some(e));
     }
     assert_eq!(encoding_from_code(0), None);
     for code in 1..=13 {
         assert_eq!(ErrorCode::from_u16(code).map(|c| c as u16), Some(code));
     }
-    for ty in [0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0101, 0x0102, 0x0103] {
+    for ty in [
+        0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0101, 0x0102, 0x0103,
+    ] {
         assert_eq!(MessageType::from_u16(ty).map(|t| t as u16), Some(ty));
     }
 }

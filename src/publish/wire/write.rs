@@ -20,7 +20,12 @@ impl FrameHeader {
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.capture_ns.to_le_bytes());
         out.extend_from_slice(&self.publish_ns.to_le_bytes());
-        for v in [self.frame_width, self.frame_height, self.mask_width, self.mask_height] {
+        for v in [
+            self.frame_width,
+            self.frame_height,
+            self.mask_width,
+            self.mask_height,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.mask_count.to_le_bytes());
@@ -34,7 +39,13 @@ impl FrameHeader {
 pub const MASK_COUNT_OFFSET: usize = 48;
 
 /// Appends one mask (16-byte header + payload) to a FRAME being built.
-pub fn write_mask(out: &mut Vec<u8>, prompt_id: PromptId, score: f32, coverage: f32, payload: &[u8]) {
+pub fn write_mask(
+    out: &mut Vec<u8>,
+    prompt_id: PromptId,
+    score: f32,
+    coverage: f32,
+    payload: &[u8],
+) {
     out.extend_from_slice(&prompt_id.to_le_bytes());
     out.extend_from_slice(&score.to_le_bytes());
     out.extend_from_slice(&coverage.to_le_bytes());
@@ -86,7 +97,9 @@ pub fn write_subscribe(
     prompts: &[&str],
 ) -> Result<(), WireError> {
     if prompts.len() > MAX_PROMPTS {
-        return Err(WireError::TooManyPrompts { count: prompts.len() });
+        return Err(WireError::TooManyPrompts {
+            count: prompts.len(),
+        });
     }
     write_prefix(out, MessageType::Subscribe);
     out.push(encoding.map_or(0, encoding_code));
@@ -97,7 +110,10 @@ pub fn write_subscribe(
             return Err(WireError::EmptyPrompt { index });
         }
         if text.len() > MAX_PROMPT_BYTES {
-            return Err(WireError::PromptTooLong { index, len: text.len() });
+            return Err(WireError::PromptTooLong {
+                index,
+                len: text.len(),
+            });
         }
         out.extend_from_slice(&(text.len() as u16).to_le_bytes());
         out.extend_from_slice(text.as_bytes());

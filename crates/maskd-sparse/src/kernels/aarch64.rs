@@ -169,7 +169,11 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
             for kk in 0..kl {
                 for i in 0..ROWS {
                     // SAFETY: row r0 + i < t and column k0 + kk < k when read.
-                    panel[kk * ROWS + i] = if i < rows { *x.add((r0 + i) * k + k0 + kk) } else { 0.0 };
+                    panel[kk * ROWS + i] = if i < rows {
+                        *x.add((r0 + i) * k + k0 + kk)
+                    } else {
+                        0.0
+                    };
                 }
             }
             for b in 0..p.nblocks {
@@ -189,7 +193,10 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
                         }
                     }
                     for j in 0..COLS {
-                        acc[j] = [vld1q_f32(tmp[j].as_ptr()), vld1q_f32(tmp[j].as_ptr().add(4))];
+                        acc[j] = [
+                            vld1q_f32(tmp[j].as_ptr()),
+                            vld1q_f32(tmp[j].as_ptr().add(4)),
+                        ];
                     }
                 }
                 let mut wp = p.data.as_ptr().add(p.starts[b * p.nkc + c]);

@@ -249,8 +249,7 @@ impl PackedSpmm {
             KernelKind::Generic => (Imp::Generic(generic::Packed::new(m, bias)), None),
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx2 => {
-                let packed =
-                    colsimd::Packed::new(m, bias, x86::avx2::LANES).expect("M divides 8");
+                let packed = colsimd::Packed::new(m, bias, x86::avx2::LANES).expect("M divides 8");
                 if 4 % m.pattern().m() == 0 {
                     let tile = (x86::avx2::ROWS, x86::avx2::COL_VECS * x86::avx2::LANES);
                     (Imp::Avx2(packed), Some(tile))
@@ -264,7 +263,10 @@ impl PackedSpmm {
                 Imp::Avx512(
                     colsimd::Packed::new(m, bias, x86::avx512::LANES).expect("M divides 16"),
                 ),
-                Some((x86::avx512::ROWS, x86::avx512::COL_VECS * x86::avx512::LANES)),
+                Some((
+                    x86::avx512::ROWS,
+                    x86::avx512::COL_VECS * x86::avx512::LANES,
+                )),
             ),
             #[cfg(target_arch = "aarch64")]
             KernelKind::Neon => (
@@ -319,7 +321,12 @@ impl PackedSpmm {
             Emu::Lanes8InLane => (emu8_lane::ROWS, emu8_lane::COL_VECS * emu8_lane::LANES),
             Emu::Lanes16 => (emu16::ROWS, emu16::COL_VECS * emu16::LANES),
         };
-        Some(Self::assemble(m, KernelKind::Generic, Imp::Emu(emu, packed), Some(tile)))
+        Some(Self::assemble(
+            m,
+            KernelKind::Generic,
+            Imp::Emu(emu, packed),
+            Some(tile),
+        ))
     }
 
     /// `y[T, N] = x[T, K] · W + bias`. `x` holds `t * K` floats (row stride `K`),
@@ -328,8 +335,18 @@ impl PackedSpmm {
     /// # Panics
     /// If the slice lengths do not match `t`.
     pub fn run(&self, x: &[f32], t: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), t * self.k, "x must hold t*K = {t}*{} floats", self.k);
-        assert_eq!(y.len(), t * self.n, "y must hold t*N = {t}*{} floats", self.n);
+        assert_eq!(
+            x.len(),
+            t * self.k,
+            "x must hold t*K = {t}*{} floats",
+            self.k
+        );
+        assert_eq!(
+            y.len(),
+            t * self.n,
+            "y must hold t*N = {t}*{} floats",
+            self.n
+        );
         if t == 0 {
             return;
         }
@@ -341,9 +358,7 @@ impl PackedSpmm {
             Imp::Avx2(p) => unsafe { x86::avx2::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2Cross(p) => unsafe {
-                x86::avx2_cross::run(p, x.as_ptr(), t, y.as_mut_ptr())
-            },
+            Imp::Avx2Cross(p) => unsafe { x86::avx2_cross::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Imp::Avx512(p) => unsafe { x86::avx512::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
@@ -375,10 +390,23 @@ impl PackedSpmm {
         if threads == 1 || share >= t {
             return self.run(x, t, y);
         }
-        assert_eq!(x.len(), t * self.k, "x must hold t*K = {t}*{} floats", self.k);
-        assert_eq!(y.len(), t * self.n, "y must hold t*N = {t}*{} floats", self.n);
+        assert_eq!(
+            x.len(),
+            t * self.k,
+            "x must hold t*K = {t}*{} floats",
+            self.k
+        );
+        assert_eq!(
+            y.len(),
+            t * self.n,
+            "y must hold t*N = {t}*{} floats",
+            self.n
+        );
         std::thread::scope(|s| {
-            let mut xs = x.chunks(share * self.k).zip(y.chunks_mut(share * self.n)).peekable();
+            let mut xs = x
+                .chunks(share * self.k)
+                .zip(y.chunks_mut(share * self.n))
+                .peekable();
             while let Some((xc, yc)) = xs.next() {
                 let rows = xc.len() / self.k;
                 if xs.peek().is_some() {

@@ -8,7 +8,14 @@ use super::*;
 use proptest::prelude::*;
 
 /// `y = x · W + b` in f64, plus `sum |x w| + |b|` per output to scale the tolerance.
-fn reference(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>, x: &[f32], t: usize) -> (Vec<f64>, Vec<f64>) {
+fn reference(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    x: &[f32],
+    t: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let mut y = vec![0f64; t * n];
     let mut mag = vec![0f64; t * n];
     for r in 0..t {
@@ -28,7 +35,13 @@ fn reference(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>, x: &[f32], t: 
 }
 
 /// Runs `mm` and compares with the reference: `|y - ref| <= (K + 4) eps sum|x w|`.
-fn check(mm: &PackedSpmm, m: &NmMatrix, bias: Option<&[f32]>, x: &[f32], t: usize) -> Result<(), TestCaseError> {
+fn check(
+    mm: &PackedSpmm,
+    m: &NmMatrix,
+    bias: Option<&[f32]>,
+    x: &[f32],
+    t: usize,
+) -> Result<(), TestCaseError> {
     let (k, n) = (m.k(), m.n());
     let (want, mag) = reference(&m.to_dense(), k, n, bias, x, t);
     // Poison y: the kernel must overwrite every element.
@@ -39,13 +52,19 @@ fn check(mm: &PackedSpmm, m: &NmMatrix, bias: Option<&[f32]>, x: &[f32], t: usiz
         prop_assert!(
             (got as f64 - want).abs() <= tol,
             "{}: t={t} k={k} n={n} {}: y[{}, {}] = {got}, want {want} (tol {tol:e})",
-            mm.kernel_name(), m.pattern(), i / n, i % n
+            mm.kernel_name(),
+            m.pattern(),
+            i / n,
+            i % n
         );
     }
     // Splitting rows over threads gives the same bits.
     let mut y2 = vec![f32::NAN; t * n];
     mm.run_parallel(x, t, &mut y2, 2);
-    prop_assert!(y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()), "run_parallel differs");
+    prop_assert!(
+        y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "run_parallel differs"
+    );
     Ok(())
 }
 
@@ -78,7 +97,15 @@ fn case(ms: &'static [usize]) -> impl Strategy<Value = Case> {
                 proptest::option::of(values(n)),
             )
         })
-        .prop_map(|(pattern, (t, k, n), w, x, bias)| Case { pattern, t, k, n, w, x, bias })
+        .prop_map(|(pattern, (t, k, n), w, x, bias)| Case {
+            pattern,
+            t,
+            k,
+            n,
+            w,
+            x,
+            bias,
+        })
 }
 
 const ANY_M: &[usize] = &[2, 3, 4, 5, 7, 8, 9, 16];
@@ -86,7 +113,10 @@ const M_DIVIDES_16: &[usize] = &[2, 4, 8, 16];
 const M_DIVIDES_8: &[usize] = &[2, 4, 8];
 const M_DIVIDES_4: &[usize] = &[2, 4];
 
-fn run_case(build: fn(&NmMatrix, Option<&[f32]>) -> Option<PackedSpmm>, c: &Case) -> Result<(), TestCaseError> {
+fn run_case(
+    build: fn(&NmMatrix, Option<&[f32]>) -> Option<PackedSpmm>,
+    c: &Case,
+) -> Result<(), TestCaseError> {
     let m = NmMatrix::from_dense_pruned(&c.w, c.k, c.n, c.pattern).unwrap();
     let Some(mm) = build(&m, c.bias.as_deref()) else {
         return Ok(());
@@ -102,7 +132,9 @@ fn fixed(pattern: NmPattern, t: usize, k: usize, n: usize, bias: bool) -> Case {
         t,
         k,
         n,
-        w: (0..k * n).map(|i| if i % 7 == 3 { 0.0 } else { f(i, 1) }).collect(),
+        w: (0..k * n)
+            .map(|i| if i % 7 == 3 { 0.0 } else { f(i, 1) })
+            .collect(),
         x: (0..t * k).map(|i| f(i, 2)).collect(),
         bias: bias.then(|| (0..n).map(|i| f(i, 3)).collect()),
     }
@@ -190,14 +222,38 @@ macro_rules! kernel_suite {
     };
 }
 
-kernel_suite!(generic_kernel, ANY_M, |m, b| build_for(KernelKind::Generic, m, b));
-kernel_suite!(emu8_colsimd, M_DIVIDES_8, |m, b| PackedSpmm::emulated(m, b, Emu::Lanes8));
-kernel_suite!(emu8_inlane_colsimd, M_DIVIDES_4, |m, b| PackedSpmm::emulated(m, b, Emu::Lanes8InLane));
-kernel_suite!(emu16_colsimd, M_DIVIDES_16, |m, b| PackedSpmm::emulated(m, b, Emu::Lanes16));
-kernel_suite!(avx2_kernel, M_DIVIDES_8, |m, b| build_for(KernelKind::Avx2, m, b));
-kernel_suite!(avx512_kernel, M_DIVIDES_16, |m, b| build_for(KernelKind::Avx512, m, b));
+kernel_suite!(generic_kernel, ANY_M, |m, b| build_for(
+    KernelKind::Generic,
+    m,
+    b
+));
+kernel_suite!(emu8_colsimd, M_DIVIDES_8, |m, b| PackedSpmm::emulated(
+    m,
+    b,
+    Emu::Lanes8
+));
+kernel_suite!(emu8_inlane_colsimd, M_DIVIDES_4, |m, b| {
+    PackedSpmm::emulated(m, b, Emu::Lanes8InLane)
+});
+kernel_suite!(emu16_colsimd, M_DIVIDES_16, |m, b| PackedSpmm::emulated(
+    m,
+    b,
+    Emu::Lanes16
+));
+kernel_suite!(avx2_kernel, M_DIVIDES_8, |m, b| build_for(
+    KernelKind::Avx2,
+    m,
+    b
+));
+kernel_suite!(avx512_kernel, M_DIVIDES_16, |m, b| build_for(
+    KernelKind::Avx512,
+    m,
+    b
+));
 kernel_suite!(neon_kernel, ANY_M, |m, b| build_for(KernelKind::Neon, m, b));
-kernel_suite!(selected_kernel, ANY_M, |m, b| Some(PackedSpmm::new(m, b).unwrap()));
+kernel_suite!(selected_kernel, ANY_M, |m, b| Some(
+    PackedSpmm::new(m, b).unwrap()
+));
 
 #[test]
 fn knob_parsing() {
@@ -233,11 +289,18 @@ fn best_is_available_and_named() {
     let g = PackedSpmm::with_kernel(&m, None, KernelKind::Generic).unwrap();
     assert_eq!(g.kernel_name(), "generic_spmm24_f32");
     let b = PackedSpmm::with_kernel(&m, None, best()).unwrap();
-    assert!(b.kernel_name().starts_with(best().name()), "{}", b.kernel_name());
+    assert!(
+        b.kernel_name().starts_with(best().name()),
+        "{}",
+        b.kernel_name()
+    );
     // A pattern the x86 kernels do not cover falls back to generic in `new`.
     let odd = NmMatrix::from_dense_pruned(&[1.0; 64], 8, 8, NmPattern::new(2, 5).unwrap()).unwrap();
     if matches!(selected(), Ok(KernelKind::Avx2 | KernelKind::Avx512)) {
-        assert_eq!(PackedSpmm::new(&odd, None).unwrap().kernel(), KernelKind::Generic);
+        assert_eq!(
+            PackedSpmm::new(&odd, None).unwrap().kernel(),
+            KernelKind::Generic
+        );
         assert!(PackedSpmm::with_kernel(&odd, None, selected().unwrap()).is_err());
     }
 }
