@@ -46,7 +46,11 @@ pub fn main(config_path: &Path) -> anyhow::Result<()> {
 /// test); without it the publisher binds `cfg.publish.socket` itself.
 pub fn run(mut cfg: Config, listener: Option<OwnedFd>, signals: &Signals) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
-    info!("maskd {} starting with {}", env!("CARGO_PKG_VERSION"), cfg.path.display());
+    info!(
+        "maskd {} starting with {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.path.display()
+    );
 
     let mut engine = Engine::load(&cfg.engine, &cfg.prompts)
         .with_context(|| format!("{}: engine", cfg.path.display()))?;
@@ -116,7 +120,10 @@ fn reload(cfg: &mut Config) {
     match config::load(&cfg.path) {
         Ok(new) => {
             logging::set_level(new.log.level);
-            let live = Config { log: new.log.clone(), ..cfg.clone() };
+            let live = Config {
+                log: new.log.clone(),
+                ..cfg.clone()
+            };
             if live != new {
                 warn!(
                     "reload: only [log] applies live; restart maskd for the other changes in {}",
@@ -136,7 +143,9 @@ fn activated_listener() -> anyhow::Result<Option<OwnedFd>> {
         .ok()
         .and_then(|pid| pid.parse::<u32>().ok())
         .is_some_and(|pid| pid == std::process::id());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok());
     match (pid_matches, count) {
         (true, Some(1)) => {
             // SAFETY: systemd passed exactly one open descriptor at SD_LISTEN_FDS_START
@@ -160,7 +169,11 @@ struct Report {
 
 impl Report {
     fn new() -> Self {
-        Report { since: Instant::now(), frames: 0, failed: 0 }
+        Report {
+            since: Instant::now(),
+            frames: 0,
+            failed: 0,
+        }
     }
 
     fn due(&self) -> bool {

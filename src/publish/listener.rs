@@ -33,14 +33,19 @@ impl Listener {
     pub(crate) fn bind(cfg: &PublishConfig) -> anyhow::Result<Listener> {
         let path = &cfg.socket;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).with_context(|| format!("publish.socket: creating directory {}", dir.display()))?;
+            fs::create_dir_all(dir)
+                .with_context(|| format!("publish.socket: creating directory {}", dir.display()))?;
         }
         remove_stale(path)?;
         let addr = UnixAddr::new(path.as_path()).with_context(|| {
-            format!("publish.socket: {}: not a usable socket path (at most 107 bytes)", path.display())
+            format!(
+                "publish.socket: {}: not a usable socket path (at most 107 bytes)",
+                path.display()
+            )
         })?;
         let fd = sock::seqpacket(true).context("creating a SOCK_SEQPACKET socket")?;
-        socket::bind(fd.as_raw_fd(), &addr).with_context(|| format!("publish.socket: binding {}", path.display()))?;
+        socket::bind(fd.as_raw_fd(), &addr)
+            .with_context(|| format!("publish.socket: binding {}", path.display()))?;
         // From here on the node exists; remove it again if setup fails.
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
@@ -49,7 +54,10 @@ impl Listener {
                 return Err(e).with_context(|| format!("publish.socket: {}", path.display()));
             }
         };
-        let listener = Listener { fd, created: Some((path.clone(), meta.dev(), meta.ino())) };
+        let listener = Listener {
+            fd,
+            created: Some((path.clone(), meta.dev(), meta.ino())),
+        };
         // Mode and group go on before listen(): until then a connect() gets
         // ECONNREFUSED, so no one slips in under the umask's permissions.
         fs::set_permissions(path, fs::Permissions::from_mode(cfg.mode))
@@ -61,8 +69,11 @@ impl Listener {
             nix::unistd::chown(path.as_path(), None, Some(group.gid))
                 .with_context(|| format!("publish.group: chgrp {name} {}", path.display()))?;
         }
-        socket::listen(&listener.fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
-            .with_context(|| format!("publish.socket: listen on {}", path.display()))?;
+        socket::listen(
+            &listener.fd,
+            Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN),
+        )
+        .with_context(|| format!("publish.socket: listen on {}", path.display()))?;
         Ok(listener)
     }
 
@@ -115,7 +126,10 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("publish.socket: {}", path.display())),
     };
     if !meta.file_type().is_socket() {
-        bail!("publish.socket: {} exists and is not a socket; refusing to replace it", path.display());
+        bail!(
+            "publish.socket: {} exists and is not a socket; refusing to replace it",
+            path.display()
+        );
     }
     match sock::connect(path, true) {
         // EAGAIN: its backlog is full, so it is alive but busy.
@@ -130,8 +144,11 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
         ),
         Err(Errno::ECONNREFUSED) => {
             log::info!("removing stale socket {}", path.display());
-            fs::remove_file(path).with_context(|| format!("publish.socket: removing stale {}", path.display()))
+            fs::remove_file(path)
+                .with_context(|| format!("publish.socket: removing stale {}", path.display()))
         }
-        Err(e) => Err(e).with_context(|| format!("publish.socket: probing existing {}", path.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("publish.socket: probing existing {}", path.display()))
+        }
     }
 }

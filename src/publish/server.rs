@@ -29,7 +29,11 @@ const MAX_ACCEPTS_PER_SERVICE: usize = 16;
 /// Control messages read from one client per `service` call.
 const MAX_CONTROLS_PER_SERVICE: usize = 8;
 
-const ENCODINGS: [MaskEncoding; 3] = [MaskEncoding::Rle, MaskEncoding::CocoRle, MaskEncoding::Bitmask];
+const ENCODINGS: [MaskEncoding; 3] = [
+    MaskEncoding::Rle,
+    MaskEncoding::CocoRle,
+    MaskEncoding::Bitmask,
+];
 
 fn encoding_index(e: MaskEncoding) -> usize {
     match e {
@@ -101,7 +105,11 @@ impl Publisher {
 
     /// Adopts a systemd-activated listening socket (`ListenSequentialPacket=`);
     /// `cfg.socket`, `mode` and `group` are then the unit's, not applied here.
-    pub fn from_fd(fd: OwnedFd, cfg: &PublishConfig, default_encoding: MaskEncoding) -> anyhow::Result<Publisher> {
+    pub fn from_fd(
+        fd: OwnedFd,
+        cfg: &PublishConfig,
+        default_encoding: MaskEncoding,
+    ) -> anyhow::Result<Publisher> {
         let listener = Listener::from_fd(fd)?;
         log::info!("listening on a socket passed by the service manager");
         Ok(Publisher::new(listener, cfg, default_encoding))
@@ -139,7 +147,14 @@ impl Publisher {
         self.reap(prompts);
         self.accept_new();
         for c in &mut self.clients {
-            serve_client(c, &mut self.rx, &mut self.reply, &mut self.new_ids, self.default_encoding, prompts);
+            serve_client(
+                c,
+                &mut self.rx,
+                &mut self.reply,
+                &mut self.new_ids,
+                self.default_encoding,
+                prompts,
+            );
         }
         self.reap(prompts);
     }
@@ -152,13 +167,23 @@ impl Publisher {
         let publish_ns = realtime_ns();
         // `MaskSet::masks` would panic on a `len` past the buffer; trust neither.
         let frame_masks = &set.masks[..set.len.min(set.masks.len())];
-        let Publisher { clients, encoded, msg, sizer, .. } = self;
+        let Publisher {
+            clients,
+            encoded,
+            msg,
+            sizer,
+            ..
+        } = self;
 
         for (ei, enc) in encoded.iter_mut().enumerate() {
             enc.data.clear();
             enc.spans.clear();
             let encoding = ENCODINGS[ei];
-            let users = || clients.iter().filter(|c| c.wants_frames() && c.encoding == Some(encoding));
+            let users = || {
+                clients
+                    .iter()
+                    .filter(|c| c.wants_frames() && c.encoding == Some(encoding))
+            };
             if users().next().is_none() {
                 continue;
             }
@@ -175,7 +200,11 @@ impl Publisher {
                         enc.spans.push(None);
                         if !self.warned_encode {
                             self.warned_encode = true;
-                            log::warn!("frame {}: prompt {}: {e}; mask not sent", set.seq, m.prompt_id);
+                            log::warn!(
+                                "frame {}: prompt {}: {e}; mask not sent",
+                                set.seq,
+                                m.prompt_id
+                            );
                         }
                     }
                 }
@@ -202,16 +231,27 @@ impl Publisher {
             for (m, span) in frame_masks.iter().zip(&enc.spans) {
                 if let Some((start, end)) = *span {
                     if c.wants(m.prompt_id) && count < u16::MAX {
-                        wire::write_mask(msg, m.prompt_id, m.score, m.coverage, &enc.data[start..end]);
+                        wire::write_mask(
+                            msg,
+                            m.prompt_id,
+                            m.score,
+                            m.coverage,
+                            &enc.data[start..end],
+                        );
                         count += 1;
                     }
                 }
             }
-            msg[wire::MASK_COUNT_OFFSET..wire::MASK_COUNT_OFFSET + 2].copy_from_slice(&count.to_le_bytes());
+            msg[wire::MASK_COUNT_OFFSET..wire::MASK_COUNT_OFFSET + 2]
+                .copy_from_slice(&count.to_le_bytes());
             let delivery = if msg.len() > wire::MAX_MESSAGE_LEN {
                 if !c.warned {
                     c.warned = true;
-                    log::warn!("client {}: {}-byte frame exceeds the protocol limit; dropped", c.id, msg.len());
+                    log::warn!(
+                        "client {}: {}-byte frame exceeds the protocol limit; dropped",
+                        c.id,
+                        msg.len()
+                    );
                 }
                 c.count_drop()
             } else {
@@ -241,7 +281,12 @@ impl Publisher {
     /// going away too.
     pub fn close(self) {
         let mut bye = Vec::new();
-        wire::write_error(&mut bye, ErrorCode::ShuttingDown, true, "maskd is shutting down");
+        wire::write_error(
+            &mut bye,
+            ErrorCode::ShuttingDown,
+            true,
+            "maskd is shutting down",
+        );
         for c in &self.clients {
             let _ = sock::send_nonblocking(c.fd.as_fd(), &bye);
         }
@@ -251,7 +296,10 @@ impl Publisher {
 
     fn accept_new(&mut self) {
         for _ in 0..MAX_ACCEPTS_PER_SERVICE {
-            let fd = match socket::accept4(self.listener.as_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+            let fd = match socket::accept4(
+                self.listener.as_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
                 Ok(fd) => fd,
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
@@ -269,7 +317,10 @@ impl Publisher {
             };
             if self.clients.len() >= self.max_clients {
                 self.rejected += 1;
-                log::warn!("client {id} ({who}) refused: {} clients connected (publish.max_clients)", self.clients.len());
+                log::warn!(
+                    "client {id} ({who}) refused: {} clients connected (publish.max_clients)",
+                    self.clients.len()
+                );
                 wire::write_error(
                     &mut self.reply,
                     ErrorCode::TooManyClients,
@@ -347,7 +398,10 @@ fn answer(
     prompts: &mut dyn PromptDirectory,
 ) {
     match control {
-        Control::Subscribe { encoding, prompts: texts } => {
+        Control::Subscribe {
+            encoding,
+            prompts: texts,
+        } => {
             // Intern the new prompts before releasing the old ones, so a prompt
             // in both never drops to zero references (and loses its embedding).
             new_ids.clear();
@@ -376,7 +430,11 @@ fn answer(
             std::mem::swap(&mut c.prompts, new_ids);
             let encoding = encoding.unwrap_or(default_encoding);
             c.encoding = Some(encoding);
-            log::info!("client {}: subscribed to {} prompt(s), {encoding:?}", c.id, c.prompts.len());
+            log::info!(
+                "client {}: subscribed to {} prompt(s), {encoding:?}",
+                c.id,
+                c.prompts.len()
+            );
             wire::write_subscribed(reply, encoding, &c.prompts);
             c.queue_reply(reply);
         }
@@ -406,5 +464,7 @@ fn refuse(c: &mut Subscriber, e: &WireError, reply: &mut Vec<u8>) {
 
 /// CLOCK_REALTIME in ns (0 if the clock is before 1970).
 fn realtime_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -32,7 +32,14 @@ fn frame_of(c: &mut RawClient) -> (u64, u32, Vec<(PromptId, Vec<u8>)>) {
                 .iter()
                 .map(|m| {
                     let mut bits = Vec::new();
-                    masks::decode(h.encoding, m.payload, h.mask_width, h.mask_height, &mut bits).unwrap();
+                    masks::decode(
+                        h.encoding,
+                        m.payload,
+                        h.mask_width,
+                        h.mask_height,
+                        &mut bits,
+                    )
+                    .unwrap();
                     (m.prompt_id, bits)
                 })
                 .collect();
@@ -50,14 +57,21 @@ fn is_empty(c: &mut RawClient) -> bool {
 /// Reads an ERROR and then expects the connection closed; returns its code and text.
 fn error_then_closed(c: &mut RawClient) -> (u16, String) {
     let got = match c.try_recv() {
-        Got::Msg(ServerMessage::Error { code, closing, message }) => {
+        Got::Msg(ServerMessage::Error {
+            code,
+            closing,
+            message,
+        }) => {
             assert!(closing, "a fatal error says it closes");
             (code, String::from_utf8_lossy(message).into_owned())
         }
         Got::Msg(other) => panic!("expected ERROR, got {other:?}"),
         _ => panic!("expected ERROR, got nothing"),
     };
-    assert!(matches!(c.try_recv(), Got::Closed), "closed after the ERROR");
+    assert!(
+        matches!(c.try_recv(), Got::Closed),
+        "closed after the ERROR"
+    );
     got
 }
 
@@ -80,7 +94,13 @@ fn subscribers_get_only_their_prompts_in_their_encoding() {
     p.publish(&frame(7, 20, 10, &all));
     let (seq, dropped, got_a) = frame_of(&mut a);
     assert_eq!((seq, dropped), (7, 0));
-    assert_eq!(got_a, vec![(ids_a[0], pattern(ids_a[0], 20, 10)), (ids_a[1], pattern(ids_a[1], 20, 10))]);
+    assert_eq!(
+        got_a,
+        vec![
+            (ids_a[0], pattern(ids_a[0], 20, 10)),
+            (ids_a[1], pattern(ids_a[1], 20, 10))
+        ]
+    );
     let (_, _, got_b) = frame_of(&mut b);
     assert_eq!(got_b, vec![(ids_b[0], pattern(ids_b[0], 20, 10))]);
     assert!(is_empty(&mut a) && is_empty(&mut b));
@@ -97,11 +117,19 @@ fn frame_header_carries_the_set_and_the_encoding() {
     p.service(&mut d);
     let ids = subscribed(&mut a);
     p.publish(&frame(3, 8, 4, &ids));
-    let Got::Msg(ServerMessage::Frame(h, masks)) = a.try_recv() else { panic!("no frame") };
+    let Got::Msg(ServerMessage::Frame(h, masks)) = a.try_recv() else {
+        panic!("no frame")
+    };
     assert_eq!(h.encoding, MaskEncoding::CocoRle);
     assert_eq!((h.seq, h.capture_ns), (3, 3_000_000_000));
-    assert_eq!((h.frame_width, h.frame_height, h.mask_width, h.mask_height), (640, 480, 8, 4));
-    assert!(h.publish_ns > 1_600_000_000_000_000_000, "publish time is CLOCK_REALTIME");
+    assert_eq!(
+        (h.frame_width, h.frame_height, h.mask_width, h.mask_height),
+        (640, 480, 8, 4)
+    );
+    assert!(
+        h.publish_ns > 1_600_000_000_000_000_000,
+        "publish time is CLOCK_REALTIME"
+    );
     let m = masks.iter().next().unwrap();
     assert_eq!((m.prompt_id, m.coverage), (ids[0], 0.25));
 }
@@ -124,7 +152,10 @@ fn prompts_not_in_the_frame_are_absent_and_unsubscribed_clients_get_nothing() {
     wire::write_unsubscribe(&mut unsub);
     a.send(&unsub);
     p.service(&mut d);
-    assert!(matches!(a.try_recv(), Got::Msg(ServerMessage::Unsubscribed)));
+    assert!(matches!(
+        a.try_recv(),
+        Got::Msg(ServerMessage::Unsubscribed)
+    ));
     assert_eq!(d.total_refs(), 0, "unsubscribe releases");
     p.publish(&frame(2, 4, 4, &[5, 6]));
     assert!(is_empty(&mut a));
@@ -156,7 +187,10 @@ fn a_client_that_never_reads_loses_frames_and_no_one_else_does() {
     while !is_empty_after_frame(&mut slow, queued) {
         queued += 1;
     }
-    assert!((2..=3).contains(&queued), "{queued} frames queued for queue_depth 2");
+    assert!(
+        (2..=3).contains(&queued),
+        "{queued} frames queued for queue_depth 2"
+    );
     let stats = p.stats();
     assert_eq!(stats.dropped, frames - queued);
     assert_eq!(stats.sent, frames + queued);
@@ -166,7 +200,11 @@ fn a_client_that_never_reads_loses_frames_and_no_one_else_does() {
     assert_eq!((seq, u64::from(dropped)), (frames, frames - queued));
     frame_of(&mut fast);
     p.publish(&frame(frames + 1, 256, 256, &ids));
-    assert_eq!(frame_of(&mut slow).1, 0, "the count restarts after a delivery");
+    assert_eq!(
+        frame_of(&mut slow).1,
+        0,
+        "the count restarts after a delivery"
+    );
 }
 
 /// Reads one queued frame, checking it is frame `seq`; true when none is left.
@@ -199,18 +237,73 @@ fn each_malformed_message_gets_an_error_and_a_close_and_others_carry_on() {
     let long = vec![b'a'; wire::MAX_PROMPT_BYTES + 1];
     let many = vec![&b"x"[..]; wire::MAX_PROMPTS + 1];
     let cases: Vec<(&str, Vec<u8>, ErrorCode, &str)> = vec![
-        ("bad magic", b"MASK\x01\x00\x03\x01\0\0\0\0\0\0\0\0".to_vec(), ErrorCode::BadMagic, "magic"),
-        ("version", b"MSKD\x09\x00\x03\x01\0\0\0\0\0\0\0\0".to_vec(), ErrorCode::UnsupportedVersion, "version 9"),
-        ("unknown type", b"MSKD\x01\x00\x77\x01".to_vec(), ErrorCode::UnknownType, "0x0177"),
-        ("server type", b"MSKD\x01\x00\x04\x00\0\0\0\0\0\0\0\0".to_vec(), ErrorCode::UnknownType, "0x0004"),
+        (
+            "bad magic",
+            b"MASK\x01\x00\x03\x01\0\0\0\0\0\0\0\0".to_vec(),
+            ErrorCode::BadMagic,
+            "magic",
+        ),
+        (
+            "version",
+            b"MSKD\x09\x00\x03\x01\0\0\0\0\0\0\0\0".to_vec(),
+            ErrorCode::UnsupportedVersion,
+            "version 9",
+        ),
+        (
+            "unknown type",
+            b"MSKD\x01\x00\x77\x01".to_vec(),
+            ErrorCode::UnknownType,
+            "0x0177",
+        ),
+        (
+            "server type",
+            b"MSKD\x01\x00\x04\x00\0\0\0\0\0\0\0\0".to_vec(),
+            ErrorCode::UnknownType,
+            "0x0004",
+        ),
         ("short", b"MSK".to_vec(), ErrorCode::Malformed, "shorter"),
-        ("truncated ping", b"MSKD\x01\x00\x03\x01\x01".to_vec(), ErrorCode::Malformed, "PING"),
-        ("bad utf-8", raw_subscribe(1, &[b"ok", b"\xc3\x28"]), ErrorCode::BadUtf8, "prompt 1"),
-        ("too many", raw_subscribe(1, &many), ErrorCode::TooManyPrompts, "33 prompts"),
-        ("too long", raw_subscribe(1, &[&long]), ErrorCode::PromptTooLong, "257 bytes"),
-        ("empty", raw_subscribe(1, &[b""]), ErrorCode::EmptyPrompt, "empty"),
-        ("encoding", raw_subscribe(9, &[b"ok"]), ErrorCode::UnknownEncoding, "encoding 9"),
-        ("too large", vec![0; wire::MAX_CONTROL_LEN + 100], ErrorCode::MessageTooLarge, "exceeds"),
+        (
+            "truncated ping",
+            b"MSKD\x01\x00\x03\x01\x01".to_vec(),
+            ErrorCode::Malformed,
+            "PING",
+        ),
+        (
+            "bad utf-8",
+            raw_subscribe(1, &[b"ok", b"\xc3\x28"]),
+            ErrorCode::BadUtf8,
+            "prompt 1",
+        ),
+        (
+            "too many",
+            raw_subscribe(1, &many),
+            ErrorCode::TooManyPrompts,
+            "33 prompts",
+        ),
+        (
+            "too long",
+            raw_subscribe(1, &[&long]),
+            ErrorCode::PromptTooLong,
+            "257 bytes",
+        ),
+        (
+            "empty",
+            raw_subscribe(1, &[b""]),
+            ErrorCode::EmptyPrompt,
+            "empty",
+        ),
+        (
+            "encoding",
+            raw_subscribe(9, &[b"ok"]),
+            ErrorCode::UnknownEncoding,
+            "encoding 9",
+        ),
+        (
+            "too large",
+            vec![0; wire::MAX_CONTROL_LEN + 100],
+            ErrorCode::MessageTooLarge,
+            "exceeds",
+        ),
     ];
     let dir = TempDir::new("malformed");
     let mut p = bind(&dir);
@@ -229,10 +322,18 @@ fn each_malformed_message_gets_an_error_and_a_close_and_others_carry_on() {
         assert_eq!(got, code as u16, "{name}: {message}");
         assert!(message.contains(text), "{name}: {message:?} lacks {text:?}");
         p.service(&mut d);
-        assert_eq!(d.refs("held by the bad one"), 0, "{name}: its prompts were released");
+        assert_eq!(
+            d.refs("held by the bad one"),
+            0,
+            "{name}: its prompts were released"
+        );
         assert_eq!(p.stats().clients, 1, "{name}");
         p.publish(&frame(seq as u64, 4, 4, &ids));
-        assert_eq!(frame_of(&mut good).0, seq as u64, "{name}: the good client is still served");
+        assert_eq!(
+            frame_of(&mut good).0,
+            seq as u64,
+            "{name}: the good client is still served"
+        );
     }
 }
 
@@ -245,7 +346,12 @@ fn ping_gets_pong_with_the_same_token() {
     wire::write_ping(&mut msg, 0x1234_5678_9abc_def0);
     c.send(&msg);
     p.service(&mut FakeDirectory::default());
-    assert!(matches!(c.try_recv(), Got::Msg(ServerMessage::Pong { token: 0x1234_5678_9abc_def0 })));
+    assert!(matches!(
+        c.try_recv(),
+        Got::Msg(ServerMessage::Pong {
+            token: 0x1234_5678_9abc_def0
+        })
+    ));
 }
 
 #[test]
@@ -300,12 +406,23 @@ fn a_rejected_prompt_keeps_the_old_subscription_and_the_client() {
     let ids = subscribed(&mut a);
     a.subscribe(None, &["new", "reject me"]);
     p.service(&mut d);
-    let Got::Msg(ServerMessage::Error { code, closing, message }) = a.try_recv() else { panic!("no error") };
+    let Got::Msg(ServerMessage::Error {
+        code,
+        closing,
+        message,
+    }) = a.try_recv()
+    else {
+        panic!("no error")
+    };
     assert_eq!((code, closing), (ErrorCode::PromptRejected as u16, false));
     assert!(String::from_utf8_lossy(message).contains("the directory is full"));
     assert_eq!((d.refs("old"), d.refs("new")), (1, 0));
     p.publish(&frame(9, 4, 4, &ids));
-    assert_eq!(frame_of(&mut a).2.len(), 1, "still subscribed to the old prompt");
+    assert_eq!(
+        frame_of(&mut a).2.len(),
+        1,
+        "still subscribed to the old prompt"
+    );
 }
 
 #[test]
@@ -328,8 +445,14 @@ fn an_unknown_group_is_named_and_leaves_no_socket() {
     let dir = TempDir::new("group");
     let mut cfg = config(&dir.join("maskd.sock"));
     cfg.group = Some("no-such-group-maskd".into());
-    let err = format!("{:#}", Publisher::bind(&cfg, MaskEncoding::Rle).err().unwrap());
-    assert!(err.contains("publish.group") && err.contains("no-such-group-maskd"), "{err}");
+    let err = format!(
+        "{:#}",
+        Publisher::bind(&cfg, MaskEncoding::Rle).err().unwrap()
+    );
+    assert!(
+        err.contains("publish.group") && err.contains("no-such-group-maskd"),
+        "{err}"
+    );
     assert!(!cfg.socket.exists());
 }
 
@@ -354,7 +477,12 @@ fn a_stale_socket_is_replaced() {
 fn a_live_socket_is_refused_and_keeps_working() {
     let dir = TempDir::new("live");
     let mut first = bind(&dir);
-    let err = format!("{:#}", Publisher::bind(&config(&dir.join("maskd.sock")), MaskEncoding::Rle).err().unwrap());
+    let err = format!(
+        "{:#}",
+        Publisher::bind(&config(&dir.join("maskd.sock")), MaskEncoding::Rle)
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("in use"), "{err}");
     // The refused bind probed with a connection; the first daemon just sees it go.
     let mut d = FakeDirectory::default();
@@ -371,7 +499,12 @@ fn a_file_in_the_way_is_not_replaced() {
     let dir = TempDir::new("file");
     let path = dir.join("maskd.sock");
     std::fs::write(&path, b"precious").unwrap();
-    let err = format!("{:#}", Publisher::bind(&config(&path), MaskEncoding::Rle).err().unwrap());
+    let err = format!(
+        "{:#}",
+        Publisher::bind(&config(&path), MaskEncoding::Rle)
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
@@ -395,16 +528,26 @@ fn from_fd_serves_a_passed_listener_and_leaves_its_path() {
     let addr = nix::sys::socket::UnixAddr::new(path.as_path()).unwrap();
     nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).unwrap();
     nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(4).unwrap()).unwrap();
-    let mut p = Publisher::from_fd(fd, &config(&dir.join("unused")), MaskEncoding::Bitmask).unwrap();
+    let mut p =
+        Publisher::from_fd(fd, &config(&dir.join("unused")), MaskEncoding::Bitmask).unwrap();
     assert_eq!(p.socket_path(), None);
     let mut c = RawClient::connect(&path);
     c.subscribe(None, &["a"]);
     p.service(&mut FakeDirectory::default());
-    let Got::Msg(ServerMessage::Subscribed { encoding, .. }) = c.try_recv() else { panic!("no reply") };
-    assert_eq!(encoding, MaskEncoding::Bitmask, "the default encoding applies");
+    let Got::Msg(ServerMessage::Subscribed { encoding, .. }) = c.try_recv() else {
+        panic!("no reply")
+    };
+    assert_eq!(
+        encoding,
+        MaskEncoding::Bitmask,
+        "the default encoding applies"
+    );
     drop(c);
     p.close();
-    assert!(path.exists(), "a passed socket's path is systemd's to remove");
+    assert!(
+        path.exists(),
+        "a passed socket's path is systemd's to remove"
+    );
 }
 
 #[test]
@@ -417,7 +560,12 @@ fn from_fd_rejects_a_stream_socket() {
     )
     .unwrap();
     let dir = TempDir::new("stream");
-    let err = format!("{:#}", Publisher::from_fd(fd, &config(&dir.join("x")), MaskEncoding::Rle).err().unwrap());
+    let err = format!(
+        "{:#}",
+        Publisher::from_fd(fd, &config(&dir.join("x")), MaskEncoding::Rle)
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("SOCK_SEQPACKET"), "{err}");
 }
 

@@ -74,11 +74,18 @@ impl QueueSizer {
                 Some((tx, rx))
             }
             Err(e) => {
-                log::warn!("cannot create the socketpair that measures queue sizes ({e}); estimating");
+                log::warn!(
+                    "cannot create the socketpair that measures queue sizes ({e}); estimating"
+                );
                 None
             }
         };
-        QueueSizer { depth: depth.max(1), wmem_max, probe, zeros: Vec::new() }
+        QueueSizer {
+            depth: depth.max(1),
+            wmem_max,
+            probe,
+            zeros: Vec::new(),
+        }
     }
 
     /// What the kernel charges a socket's send buffer for one unread message of `len` bytes.
@@ -111,7 +118,11 @@ impl QueueSizer {
         // exceeds `sized_for + 32`, the largest message the kernel accepts.
         let wanted = self.depth * t - (t - sized_for) / 2;
         let effective = set_sndbuf(fd, wanted, self.wmem_max);
-        Sizing { sized_for, wanted, effective }
+        Sizing {
+            sized_for,
+            wanted,
+            effective,
+        }
     }
 }
 
@@ -179,7 +190,10 @@ mod tests {
             let n = admitted(depth, len);
             // The sizer adds 25% headroom, so `len` messages may fit once more
             // than `depth` when that headroom crosses an allocation bucket.
-            assert!(n >= depth && n <= depth + 1 + depth / 2, "depth {depth}, len {len}: {n}");
+            assert!(
+                n >= depth && n <= depth + 1 + depth / 2,
+                "depth {depth}, len {len}: {n}"
+            );
         }
     }
 

@@ -25,7 +25,11 @@ pub(crate) struct FakeDirectory {
 
 impl FakeDirectory {
     pub fn refs(&self, text: &str) -> i64 {
-        self.ids.get(text).and_then(|id| self.refs.get(id)).copied().unwrap_or(0)
+        self.ids
+            .get(text)
+            .and_then(|id| self.refs.get(id))
+            .copied()
+            .unwrap_or(0)
     }
     pub fn total_refs(&self) -> i64 {
         self.refs.values().sum()
@@ -48,7 +52,10 @@ impl PromptDirectory for FakeDirectory {
         assert!(*r >= 0, "prompt {id} released more often than interned");
     }
     fn text(&self, id: PromptId) -> Option<&str> {
-        self.ids.iter().find(|(_, &i)| i == id).map(|(t, _)| t.as_str())
+        self.ids
+            .iter()
+            .find(|(_, &i)| i == id)
+            .map(|(t, _)| t.as_str())
     }
 }
 
@@ -79,18 +86,26 @@ impl Drop for TempDir {
 }
 
 pub(crate) fn config(socket: &Path) -> PublishConfig {
-    PublishConfig { socket: socket.to_owned(), mode: 0o660, group: None, max_clients: 8, queue_depth: 2 }
+    PublishConfig {
+        socket: socket.to_owned(),
+        mode: 0o660,
+        group: None,
+        max_clients: 8,
+        queue_depth: 2,
+    }
 }
 
 /// A frame of `w`×`h` masks: prompt `id` gets a filled rectangle whose size depends on `id`.
 pub(crate) fn frame(seq: u64, w: u32, h: u32, ids: &[PromptId]) -> MaskSet {
-    let masks: Vec<Mask> = ids.iter().map(|&id| Mask {
-        prompt_id: id,
-        score: 0.5 + id as f32 / 1000.0,
-        coverage: 0.25,
-        bits: pattern(id, w, h),
-    })
-    .collect();
+    let masks: Vec<Mask> = ids
+        .iter()
+        .map(|&id| Mask {
+            prompt_id: id,
+            score: 0.5 + id as f32 / 1000.0,
+            coverage: 0.25,
+            bits: pattern(id, w, h),
+        })
+        .collect();
     MaskSet {
         seq,
         capture_ns: 1_000_000_000 * seq,
@@ -107,7 +122,9 @@ pub(crate) fn frame(seq: u64, w: u32, h: u32, ids: &[PromptId]) -> MaskSet {
 pub(crate) fn pattern(id: PromptId, w: u32, h: u32) -> Vec<u8> {
     let (w, h) = (w as usize, h as usize);
     let k = id as usize % 7 + 1;
-    (0..w * h).map(|i| u8::from((i % w) % (k + 1) == 0 || (i / w) < h / k)).collect()
+    (0..w * h)
+        .map(|i| u8::from((i % w) % (k + 1) == 0 || (i / w) < h / k))
+        .collect()
 }
 
 /// A raw client for single-threaded tests: the publisher's replies are
@@ -125,7 +142,10 @@ pub(crate) enum Got<'a> {
 
 impl RawClient {
     pub fn connect(path: &Path) -> RawClient {
-        RawClient { fd: sock::connect(path, false).unwrap(), buf: Vec::new() }
+        RawClient {
+            fd: sock::connect(path, false).unwrap(),
+            buf: Vec::new(),
+        }
     }
     pub fn send(&self, msg: &[u8]) {
         sock::send_blocking(self.fd.as_fd(), msg).unwrap();

@@ -1,0 +1,8 @@
+//! Integration tests: the real `maskd` executable, each test in its own
+//! directory with its own config and socket. Modules by area; try not to add
+//! a `misc`.
+
+mod util;
+
+mod cli_errors;
+mod daemon;
