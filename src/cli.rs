@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: source -> model -> masks -> socket, until SIGTERM/SIGINT.
     Run(RunArgs),
+    /// Connect to a running daemon, subscribe to prompts and print (or save) the masks.
+    Subscribe(crate::subscribe::SubscribeArgs),
     /// Print a model's (or manifest's) inputs, outputs, ops and parameters.
     Inspect(crate::inspect::InspectArgs),
     /// Evaluate a model on a labelled set with the Rust pipeline (IoU, absent-prompt rate).

@@ -14,3 +14,4 @@ pub mod lifecycle;
 pub mod masks;
 pub mod publish;
 pub mod source;
+pub mod subscribe;

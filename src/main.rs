@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => maskd::daemon::main(&args.config),
+        Command::Subscribe(args) => maskd::subscribe::run(args),
         Command::Inspect(args) => maskd::inspect::run(args),
         Command::Eval(args) => maskd::eval::run(args),
     };

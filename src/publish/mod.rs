@@ -6,7 +6,11 @@
 //! Leaves out inference and prompt bookkeeping: prompts are interned through
 //! [`PromptDirectory`], which the engine implements.
 
+#[cfg(test)]
+mod alloc_tests;
 mod client;
+#[cfg(test)]
+mod client_tests;
 mod listener;
 mod server;
 #[cfg(test)]
@@ -15,7 +19,7 @@ mod sndbuf;
 mod sock;
 mod subscriber;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 pub mod wire;
 
 pub use client::{Client, ClientError, FrameMessage, ReceivedMask, DEFAULT_REPLY_TIMEOUT};

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use nix::errno::Errno;
 
@@ -163,12 +162,5 @@ impl RawClient {
             Err(Errno::EAGAIN) => Got::Nothing,
             Err(e) => panic!("recv: {e}"),
         }
-    }
-    /// Like `try_recv`, for a message that another thread is about to send.
-    pub fn recv_within(&mut self, timeout: Duration) -> Got<'_> {
-        if !sock::wait_readable(self.fd.as_fd(), timeout).unwrap() {
-            return Got::Nothing;
-        }
-        self.try_recv()
     }
 }
