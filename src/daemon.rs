@@ -17,8 +17,8 @@ use crate::engine::Engine;
 use crate::lifecycle::logging;
 use crate::lifecycle::notify::Notifier;
 use crate::lifecycle::signals::Signals;
-use crate::masks::MaskSet;
-use crate::publish::Publisher;
+use crate::masks::{MaskSet, PromptId};
+use crate::publish::{PromptDirectory, Publisher};
 use crate::source::Source;
 
 /// Longest the loop waits for a frame before it services clients and signals again.
@@ -87,7 +87,7 @@ pub fn run(mut cfg: Config, listener: Option<OwnedFd>, signals: &Signals) -> any
         match outcome {
             Ok(Some(Ok(()))) => {
                 publisher.publish(&masks);
-                report.frames += 1;
+                report.observe(&masks);
             }
             Ok(Some(Err(err))) => {
                 report.failed += 1;
@@ -101,7 +101,7 @@ pub fn run(mut cfg: Config, listener: Option<OwnedFd>, signals: &Signals) -> any
         }
         notifier.watchdog();
         if report.due() {
-            let line = report.line(&source, &publisher);
+            let line = report.line(&source, &publisher, engine.prompts());
             info!("{line}");
             notifier.status(&line);
         }
@@ -160,11 +160,15 @@ fn activated_listener() -> anyhow::Result<Option<OwnedFd>> {
     }
 }
 
-/// Counters for the periodic health line.
+/// Counters for the periodic health line, which also says what the model saw, so a
+/// glance at the journal shows whether the prompts are being found at all.
 struct Report {
     since: Instant,
     frames: u64,
     failed: u64,
+    /// Per prompt: frames with a non-empty mask, and the sum of their coverage.
+    /// Bounded by `prompts.max_prompts`; cleared, not freed, each interval.
+    seen: Vec<(PromptId, u64, f64)>,
 }
 
 impl Report {
@@ -173,6 +177,7 @@ impl Report {
             since: Instant::now(),
             frames: 0,
             failed: 0,
+            seen: Vec::new(),
         }
     }
 
@@ -180,17 +185,56 @@ impl Report {
         self.since.elapsed() >= REPORT_EVERY
     }
 
+    fn observe(&mut self, masks: &MaskSet) {
+        self.frames += 1;
+        for mask in masks.masks.iter().take(masks.len) {
+            let hit = u64::from(mask.coverage > 0.0);
+            match self
+                .seen
+                .iter_mut()
+                .find(|(id, _, _)| *id == mask.prompt_id)
+            {
+                Some(entry) => {
+                    entry.1 += hit;
+                    entry.2 += f64::from(mask.coverage);
+                }
+                None => self
+                    .seen
+                    .push((mask.prompt_id, hit, f64::from(mask.coverage))),
+            }
+        }
+    }
+
     /// Formats the line and starts a new interval.
-    fn line(&mut self, source: &Source, publisher: &Publisher) -> String {
+    fn line(
+        &mut self,
+        source: &Source,
+        publisher: &Publisher,
+        prompts: &dyn PromptDirectory,
+    ) -> String {
+        use std::fmt::Write;
         let secs = self.since.elapsed().as_secs_f64();
         let fps = self.frames as f64 / secs.max(1e-9);
         let s = source.stats();
         let p = publisher.stats();
-        let line = format!(
+        let mut line = format!(
             "{fps:.1} fps, {} failed, source: {} frames {} dropped {} restarts, clients: {} ({} dropped)",
             self.failed, s.frames, s.dropped, s.restarts, p.clients, p.dropped
         );
-        *self = Report::new();
+        let frames = self.frames.max(1) as f64;
+        for (id, hits, coverage) in &self.seen {
+            let text = prompts.text(*id).unwrap_or("?");
+            let _ = write!(
+                line,
+                "; {text:?} in {:.0}% of frames, {:.1}% of the image",
+                100.0 * *hits as f64 / frames,
+                100.0 * coverage / frames
+            );
+        }
+        self.since = Instant::now();
+        self.frames = 0;
+        self.failed = 0;
+        self.seen.clear();
         line
     }
 }

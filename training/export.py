@@ -70,9 +70,7 @@ def calibrate(m: ViTSeg, n: int = 200):
     for s0 in range(0, min(n, val.n), 20):
         img, tgt, pres = val.batch(np.arange(s0, min(s0 + 20, n)))
         x, skip = m.encode(img)
-        mk, _ = dec(x, skip, E[None].expand(img.shape[0], -1, -1))
-        pix, t = dec.pixel_map(x, skip)
-        head = dec.presence(t, E[None].expand(img.shape[0], -1, -1))
+        mk, head = dec.heads(x, skip, E[None].expand(img.shape[0], -1, -1))
         L.append(mk)
         H.append(head)
         T.append(tgt > 0.5)

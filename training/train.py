@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from concepts import CONCEPTS, NUM_CONCEPTS, phrasings  # noqa: E402
+from concepts import CONCEPTS, NUM_CONCEPTS, SHAPE_NAMES, phrasings  # noqa: E402
 from model import MEAN, STD, ViTSeg, param_count  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +93,22 @@ class Data:
         return img, tgt, pres
 
 
+def pick(pres_row, rng, k):
+    """Concept indices to score for one image: present first, then hard, then random negatives."""
+    present = [int(c) for c in np.nonzero(pres_row > 0.5)[0]][:k]
+    shapes = len(SHAPE_NAMES)
+    hard = {ci * shapes + s for c in present for ci in [c // shapes] for s in range(shapes)}
+    hard |= {cc * shapes + c % shapes for c in present for cc in range(NUM_CONCEPTS // shapes)}
+    hard = [c for c in hard if c not in present]
+    rng.shuffle(hard)
+    rest = [c for c in range(NUM_CONCEPTS) if c not in present and c not in hard[:k]]
+    rng.shuffle(rest)
+    n_hard = max(1, (k - len(present)) * 2 // 3)
+    out = present + hard[:n_hard]
+    out += rest[:k - len(out)]
+    return out[:k]
+
+
 def dice_loss(logits, tgt, w):
     p = torch.sigmoid(logits).flatten(2)
     t = tgt.flatten(2)
@@ -114,7 +130,7 @@ def iou_stats(mask_logits, pres_logits, tgt, pres):
 
 
 @torch.no_grad()
-def validate(model, val, emb_canon, n=100, bs=25):
+def validate(model, val, emb_canon, n=60, bs=6):
     model.eval()
     ious, absent = [], []
     for s in range(0, min(n, val.n), bs):
@@ -128,6 +144,14 @@ def validate(model, val, emb_canon, n=100, bs=25):
     return float(np.mean(ious)), float(np.mean(absent))
 
 
+def load_matching(model, state):
+    """Loads the tensors whose names and shapes match; returns the names left at init."""
+    own = model.state_dict()
+    ok = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(ok, strict=False)
+    return [k for k in own if k not in ok]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=70)
@@ -136,6 +160,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--crop", type=int, default=112)
+    ap.add_argument("--k", type=int, default=8, help="prompts scored per image")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (only where the CPU has native bf16)")
     ap.add_argument("--low-frac", type=float, default=0.8)
     ap.add_argument("--ckpt-min", type=float, default=6)
@@ -182,13 +207,13 @@ def main():
     elapsed0, step = 0.0, 0
     if a.resume:
         ck = torch.load(a.resume, map_location="cpu")
-        missing = model.load_state_dict(ck["model"], strict=False).missing_keys
-        ema.load_state_dict(ck["ema"], strict=False)
-        if missing:  # architecture grew (new parameters): fresh optimizer state
-            print("resume: new parameters", missing, "- optimizer state reset", flush=True)
+        missing = load_matching(model, ck["model"]) + load_matching(ema, ck["ema"])
+        if missing:  # architecture changed: reuse matching weights, fresh optimizer and schedule
+            print(f"init from {a.resume}: {len(missing)} tensors left at init, fresh schedule", flush=True)
         else:
             opt.load_state_dict(ck["opt"])
-        elapsed0, step = ck["elapsed"], ck["step"]
+        if not missing:  # same architecture: continue its schedule
+            elapsed0, step = ck["elapsed"], ck["step"]
     t_start = time.time() - elapsed0
     last_ck = time.time()
     curve = open(os.path.join(WORK, "curve.tsv"), "a")
@@ -218,18 +243,23 @@ def main():
             img = torch.stack([img[b, :, oy * 16:oy * 16 + res, ox * 16:ox * 16 + res] for b, (oy, ox) in enumerate(offsets)])
             tgt = torch.stack([tgt[b, :, oy * 4:oy * 4 + res // 4, ox * 4:ox * 4 + res // 4] for b, (oy, ox) in enumerate(offsets)])
             pres = (tgt.sum((2, 3)) >= 1.0).float()
-        # phrasing per (image, concept): canonical with p=0.3, else a random one
-        r = torch.from_numpy(rng.random((bs, NUM_CONCEPTS)))
-        off = torch.from_numpy((rng.random((bs, NUM_CONCEPTS)) * counts[None]).astype(np.int64))
+        # K prompts per image: every present concept, then hard negatives (same colour or same
+        # shape as a present one), then random absent ones; each with a random phrasing
+        sel = torch.from_numpy(np.stack([pick(pres[b].numpy(), rng, a.k) for b in range(bs)]))
+        tgt = torch.gather(tgt, 1, sel[:, :, None, None].expand(-1, -1, tgt.shape[2], tgt.shape[3]))
+        pres = torch.gather(pres, 1, sel)
+        r = torch.from_numpy(rng.random((bs, a.k)))
+        cnt = torch.from_numpy(counts)[sel]
+        off = (torch.from_numpy(rng.random((bs, a.k))) * cnt).long()
         off = torch.where(r < 0.3, torch.zeros_like(off), off)
-        text = emb_t[torch.from_numpy(starts)[None] + off]  # [B,48,384]
+        text = emb_t[torch.from_numpy(starts)[sel] + off]  # [B,K,384]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             mk, pr = model(img, text, offsets)
         mk, pr = mk.float(), pr.float()
         l_bce = F.binary_cross_entropy_with_logits(mk, tgt)
         l_dice = dice_loss(mk, tgt, pres)
         l_pres = F.binary_cross_entropy_with_logits(pr, pres)
-        loss = 20 * l_bce + l_dice + l_pres
+        loss = 5 * l_bce + l_dice + l_pres
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -8,9 +8,15 @@ use crate::util::{config, repo, run, Dir};
 fn fails_with(config: &Path, needles: &[&str]) {
     let out = run(&["run", "--config", &config.to_string_lossy()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "maskd should have failed; stderr:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "maskd should have failed; stderr:\n{stderr}"
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
     }
 }
 
@@ -32,7 +38,11 @@ fn missing_config_key_names_file_and_key() {
     let dir = Dir::new();
     let (cfg, _) = config(&dir, "videotestsrc", &fixture_manifest(), &["thing"], 4);
     let text = fs::read_to_string(&cfg).expect("reading the config");
-    let without: String = text.lines().filter(|l| !l.starts_with("pipeline")).map(|l| format!("{l}\n")).collect();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("pipeline"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let bad = dir.write("nopipe.toml", &without);
     fails_with(&bad, &["nopipe.toml", "pipeline"]);
 }
@@ -42,20 +52,27 @@ fn unknown_config_key_is_rejected() {
     let dir = Dir::new();
     let (cfg, _) = config(&dir, "videotestsrc", &fixture_manifest(), &["thing"], 4);
     let text = fs::read_to_string(&cfg).expect("reading the config");
-    let bad = dir.write("typo.toml", &text.replace("[engine]\n", "[engine]\nmodle = \"x\"\n"));
+    let bad = dir.write(
+        "typo.toml",
+        &text.replace("[engine]\n", "[engine]\nmodle = \"x\"\n"),
+    );
     fails_with(&bad, &["typo.toml", "modle"]);
 }
 
 #[test]
 fn missing_config_file_is_named() {
-    fails_with(Path::new("/nonexistent/maskd.toml"), &["/nonexistent/maskd.toml"]);
+    fails_with(
+        Path::new("/nonexistent/maskd.toml"),
+        &["/nonexistent/maskd.toml"],
+    );
 }
 
 #[test]
 fn missing_model_file_is_named() {
     let dir = Dir::new();
     let fixture = repo().join("tests/data/fixture");
-    let manifest = fs::read_to_string(fixture.join("fixture.toml")).expect("reading the fixture manifest");
+    let manifest =
+        fs::read_to_string(fixture.join("fixture.toml")).expect("reading the fixture manifest");
     let copy = dir.path().join("model");
     fs::create_dir_all(copy.join("seg")).expect("making a model dir");
     let broken = manifest.replace("model = \"seg/seg.onnx\"", "model = \"seg/missing.onnx\"");
@@ -71,13 +88,21 @@ fn missing_model_file_is_named() {
 fn model_input_not_matching_manifest_names_input_and_shapes() {
     let dir = Dir::new();
     let fixture = repo().join("tests/data/fixture");
-    let manifest = fs::read_to_string(fixture.join("fixture.toml")).expect("reading the fixture manifest");
+    let manifest =
+        fs::read_to_string(fixture.join("fixture.toml")).expect("reading the fixture manifest");
     // Same graphs, but the manifest claims a bigger image than the graph takes.
     let lying = manifest.replace("width = 64\nheight = 64", "width = 96\nheight = 96");
-    assert_ne!(lying, manifest, "fixture manifest changed shape; update this test");
-    let path = dir.write("lying.toml", &lying.replace("\"text.onnx\"", &format!("{:?}", fixture.join("text.onnx")))
-        .replace("\"vocab.txt\"", &format!("{:?}", fixture.join("vocab.txt")))
-        .replace("\"seg/", &format!("\"{}/seg/", fixture.display())));
+    assert_ne!(
+        lying, manifest,
+        "fixture manifest changed shape; update this test"
+    );
+    let path = dir.write(
+        "lying.toml",
+        &lying
+            .replace("\"text.onnx\"", &format!("{:?}", fixture.join("text.onnx")))
+            .replace("\"vocab.txt\"", &format!("{:?}", fixture.join("vocab.txt")))
+            .replace("\"seg/", &format!("\"{}/seg/", fixture.display())),
+    );
     let (cfg, _) = config(&dir, "videotestsrc", &path, &["thing"], 4);
     fails_with(&cfg, &["seg.onnx", "image", "96"]);
 }
@@ -85,6 +110,12 @@ fn model_input_not_matching_manifest_names_input_and_shapes() {
 #[test]
 fn nonexistent_pipeline_element_is_named() {
     let dir = Dir::new();
-    let (cfg, _) = config(&dir, "nosuchcamerasrc device=/dev/video9", &fixture_manifest(), &["thing"], 4);
+    let (cfg, _) = config(
+        &dir,
+        "nosuchcamerasrc device=/dev/video9",
+        &fixture_manifest(),
+        &["thing"],
+        4,
+    );
     fails_with(&cfg, &["nosuchcamerasrc"]);
 }

@@ -32,7 +32,12 @@ pub struct Dir {
 
 impl Dir {
     pub fn new() -> Dir {
-        Dir { dir: tempfile::Builder::new().prefix("maskd-test-").tempdir().expect("creating a temp dir") }
+        Dir {
+            dir: tempfile::Builder::new()
+                .prefix("maskd-test-")
+                .tempdir()
+                .expect("creating a temp dir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -73,12 +78,20 @@ impl Daemon {
         let stderr = dir.join("maskd.stderr");
         let log = fs::File::create(&stderr).expect("creating the stderr log");
         let mut cmd = maskd();
-        cmd.arg("run").arg("--config").arg(config).stdout(Stdio::null()).stderr(log);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawning maskd run");
-        let mut daemon = Daemon { child: Some(child), socket: socket.to_path_buf(), stderr };
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+            stderr,
+        };
         daemon.wait_for_socket(Duration::from_secs(180));
         daemon
     }
@@ -103,20 +116,20 @@ impl Daemon {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
     /// Sends SIGTERM and waits for the exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return status.success(),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -134,7 +147,13 @@ impl Drop for Daemon {
 }
 
 /// A config for `maskd run` in `dir`, on `pipeline`, with `manifest` and `prompts`.
-pub fn config(dir: &Dir, pipeline: &str, manifest: &Path, prompts: &[&str], queue_depth: usize) -> (PathBuf, PathBuf) {
+pub fn config(
+    dir: &Dir,
+    pipeline: &str,
+    manifest: &Path,
+    prompts: &[&str],
+    queue_depth: usize,
+) -> (PathBuf, PathBuf) {
     let socket = dir.join("maskd.sock");
     let prompts: Vec<String> = prompts.iter().map(|p| format!("{p:?}")).collect();
     let text = format!(
