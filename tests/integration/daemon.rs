@@ -165,7 +165,12 @@ fn malformed_client_message_gets_an_error_and_others_keep_receiving() {
         other => panic!("expected an error reply, got {other:?}"),
     }
     // After the error the daemon hangs up on the bad client.
-    let closed = (0..20).any(|_| matches!(bad.recv(Duration::from_millis(500)), Err(_)));
+    let closed = (0..20).any(|_| {
+        matches!(
+            bad.recv(Duration::from_millis(500)),
+            Err(maskd::publish::ClientError::Closed)
+        )
+    });
     assert!(closed, "the bad client was not dropped");
 
     let (_, dropped) = read_frames_any(&mut good, &ids, 5);
