@@ -23,6 +23,8 @@ pub enum Command {
     Subscribe(crate::subscribe::SubscribeArgs),
     /// Print a model's (or manifest's) inputs, outputs, ops and parameters.
     Inspect(crate::inspect::InspectArgs),
+    /// Measure end-to-end frames/s, model bytes, RSS and allocations per frame, side by side.
+    Bench(crate::bench::BenchArgs),
     /// Evaluate a model on a labelled set with the Rust pipeline (IoU, absent-prompt rate).
     Eval(crate::eval::EvalArgs),
 }

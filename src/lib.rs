@@ -4,6 +4,7 @@
 //! [`source`] (GStreamer appsink) -> [`engine`] (tract) -> [`masks`] (encode) -> [`publish`] (socket).
 //! [`config`] and [`lifecycle`] sit beside the flow; only `daemon` sees all stages.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -5,12 +5,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use maskd::cli::{Cli, Command};
 
+// Counting lets `maskd bench` report allocations per frame of the real binary.
+#[global_allocator]
+static ALLOCATOR: maskd::bench::alloc::Counting = maskd::bench::alloc::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => maskd::daemon::main(&args.config),
         Command::Subscribe(args) => maskd::subscribe::run(args),
         Command::Inspect(args) => maskd::inspect::run(args),
+        Command::Bench(args) => maskd::bench::run(args),
         Command::Eval(args) => maskd::eval::run(args),
     };
     match result {

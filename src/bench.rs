@@ -1,0 +1,433 @@
+//! `maskd bench`: end-to-end speed and memory of one or more models, side by side.
+//!
+//! Each variant (a manifest, optionally with a `sparse_kernel` mode) runs in its own
+//! child process so its RSS is its own, and the variants take turns round after round
+//! so that drift on a shared machine hits them alike; the ratios are of medians over
+//! rounds. A frame is exactly the daemon's per-frame work (`Engine::infer_sized`:
+//! preprocessing, the segmenter plan, postprocessing, mask encoding into the reused
+//! `MaskSet`) on a still image, with the prompts already encoded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
+use crate::engine::Engine;
+use crate::masks::MaskSet;
+use crate::source::{FrameView, Rect};
+
+pub mod alloc;
+
+/// Arguments of `maskd bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Model manifest; repeat to compare (ratios are against the first).
+    #[arg(
+        long = "manifest",
+        value_name = "TOML",
+        default_value = "models/default.toml"
+    )]
+    pub manifests: Vec<PathBuf>,
+    /// How N:M layers run, per variant: one value for all, or one per --manifest.
+    #[arg(long = "sparse-kernel", value_enum, value_name = "MODE")]
+    pub sparse_kernels: Vec<KernelArg>,
+    /// Threads for tract's matmuls.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Prompts run on every frame.
+    #[arg(long = "prompt", value_name = "TEXT", default_values_t = ["red circle".to_string(), "blue square".to_string(), "yellow star".to_string()])]
+    pub prompts: Vec<String>,
+    /// Image fed as every frame (stretched to the model's input size).
+    #[arg(long, default_value = "models/eval/images/0000.jpg")]
+    pub image: PathBuf,
+    /// Timed frames per round (after 3 warm-up frames).
+    #[arg(long, default_value_t = 20)]
+    pub frames: usize,
+    /// Rounds; each variant runs once per round, in turn.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run one variant in this process and print its JSON line.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelArg {
+    Auto,
+    Sparse,
+    Dense,
+}
+
+impl From<KernelArg> for SparseKernel {
+    fn from(k: KernelArg) -> SparseKernel {
+        match k {
+            KernelArg::Auto => SparseKernel::Auto,
+            KernelArg::Sparse => SparseKernel::Sparse,
+            KernelArg::Dense => SparseKernel::Dense,
+        }
+    }
+}
+
+/// One variant's result in one round (what a child prints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundResult {
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    /// Heap allocations per frame in steady state (the daemon's hot path); `None`
+    /// when the counting allocator is not installed (library use).
+    pub allocs_per_frame: Option<f64>,
+    /// Resident set after the timed frames, and its peak, in bytes.
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub load_s: f64,
+}
+
+/// A variant's summary over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantSummary {
+    pub manifest: PathBuf,
+    pub sparse_kernel: KernelArg,
+    /// Bytes of the segmenter's files on disk (its graph and external weights).
+    pub model_bytes: u64,
+    pub median_ms: f64,
+    pub fps: f64,
+    pub fps_ratio: f64,
+    pub model_bytes_ratio: f64,
+    pub allocs_per_frame: Option<f64>,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub rounds: Vec<RoundResult>,
+}
+
+/// Runs `maskd bench`.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.child {
+        let manifest = args
+            .manifests
+            .first()
+            .context("bench --child needs one --manifest")?;
+        let kernel = args
+            .sparse_kernels
+            .first()
+            .copied()
+            .unwrap_or(KernelArg::Auto);
+        let result = run_variant(args, manifest, kernel)?;
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let kernels = kernels_per_variant(args)?;
+    let exe = std::env::current_exe().context("finding the maskd executable")?;
+    let mut rounds: Vec<Vec<RoundResult>> = vec![Vec::new(); args.manifests.len()];
+    for round in 0..args.rounds.max(1) {
+        for (i, manifest) in args.manifests.iter().enumerate() {
+            eprintln!(
+                "bench: round {}/{} {} ({:?})",
+                round + 1,
+                args.rounds.max(1),
+                manifest.display(),
+                kernels[i]
+            );
+            rounds[i].push(run_child(&exe, args, manifest, kernels[i])?);
+        }
+    }
+    let summaries = summarise(args, &kernels, rounds)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
+    } else {
+        print_table(args, &summaries);
+    }
+    Ok(())
+}
+
+fn kernels_per_variant(args: &BenchArgs) -> anyhow::Result<Vec<KernelArg>> {
+    let n = args.manifests.len();
+    match args.sparse_kernels.len() {
+        0 => Ok(vec![KernelArg::Auto; n]),
+        1 => Ok(vec![args.sparse_kernels[0]; n]),
+        k if k == n => Ok(args.sparse_kernels.clone()),
+        k => bail!(
+            "--sparse-kernel given {k} times for {n} --manifest: give one, or one per manifest"
+        ),
+    }
+}
+
+fn run_child(
+    exe: &Path,
+    args: &BenchArgs,
+    manifest: &Path,
+    kernel: KernelArg,
+) -> anyhow::Result<RoundResult> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench")
+        .arg("--child")
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--sparse-kernel")
+        .arg(format!("{kernel:?}").to_lowercase())
+        .arg("--threads")
+        .arg(args.threads.to_string())
+        .arg("--image")
+        .arg(&args.image)
+        .arg("--frames")
+        .arg(args.frames.to_string());
+    for p in &args.prompts {
+        cmd.arg("--prompt").arg(p);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            manifest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("bench child printed {line:?}"))
+}
+
+/// One variant in this process: load, encode prompts, warm up, time `frames` frames.
+fn run_variant(
+    args: &BenchArgs,
+    manifest: &Path,
+    kernel: KernelArg,
+) -> anyhow::Result<RoundResult> {
+    let load_start = Instant::now();
+    let cfg = EngineConfig {
+        manifest: manifest.to_owned(),
+        threads: args.threads.max(1),
+        sparse_kernel: kernel.into(),
+    };
+    let prompts = PromptsConfig {
+        text: args.prompts.clone(),
+        mask_threshold: None,
+        score_threshold: None,
+        max_prompts: DEFAULT_MAX_PROMPTS.max(args.prompts.len()),
+    };
+    let mut engine = Engine::load(&cfg, &prompts)?;
+    if !engine.wait_for_prompts(Duration::from_secs(120)) {
+        bail!("the prompts were not encoded within 120 s");
+    }
+    let load_s = load_start.elapsed().as_secs_f64();
+    let (w, h) = engine.input_size();
+    let image = image::open(&args.image)
+        .with_context(|| format!("--image {}", args.image.display()))?
+        .to_rgb8();
+    let source = (image.width(), image.height());
+    let image = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
+    let mut masks = MaskSet::default();
+    let mut frame = |seq: u64, masks: &mut MaskSet| {
+        let view = FrameView {
+            seq,
+            capture_ns: 0,
+            width: w,
+            height: h,
+            stride: 3 * w as usize,
+            data: image.as_raw(),
+            content: Rect {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            },
+            source_width: source.0,
+            source_height: source.1,
+        };
+        engine.infer_sized(&view, (160, 120), masks)
+    };
+    for seq in 0..3 {
+        frame(seq, &mut masks)?;
+    }
+    let mut times = Vec::with_capacity(args.frames);
+    let allocs_before = alloc::count();
+    for seq in 0..args.frames.max(1) as u64 {
+        let start = Instant::now();
+        frame(3 + seq, &mut masks)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let allocs = alloc::count()
+        .zip(allocs_before)
+        .map(|(after, before)| (after - before) as f64 / args.frames.max(1) as f64);
+    let (rss_bytes, peak_rss_bytes) = rss();
+    Ok(RoundResult {
+        median_ms: percentile(&mut times, 0.5),
+        p90_ms: percentile(&mut times, 0.9),
+        allocs_per_frame: allocs,
+        rss_bytes,
+        peak_rss_bytes,
+        load_s,
+    })
+}
+
+fn summarise(
+    args: &BenchArgs,
+    kernels: &[KernelArg],
+    rounds: Vec<Vec<RoundResult>>,
+) -> anyhow::Result<Vec<VariantSummary>> {
+    let mut out: Vec<VariantSummary> = Vec::new();
+    for ((manifest, kernel), rounds) in args.manifests.iter().zip(kernels).zip(rounds) {
+        let mut medians: Vec<f64> = rounds.iter().map(|r| r.median_ms).collect();
+        let median_ms = percentile(&mut medians, 0.5);
+        let mut allocs: Vec<f64> = rounds.iter().filter_map(|r| r.allocs_per_frame).collect();
+        let model_bytes = model_bytes(manifest)?;
+        out.push(VariantSummary {
+            manifest: manifest.clone(),
+            sparse_kernel: *kernel,
+            model_bytes,
+            median_ms,
+            fps: 1e3 / median_ms.max(1e-9),
+            fps_ratio: 1.0,
+            model_bytes_ratio: 1.0,
+            allocs_per_frame: (!allocs.is_empty()).then(|| percentile(&mut allocs, 0.5)),
+            rss_bytes: rounds.iter().map(|r| r.rss_bytes).max().unwrap_or(0),
+            peak_rss_bytes: rounds.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
+            rounds,
+        });
+    }
+    if let Some((base_fps, base_bytes)) = out.first().map(|b| (b.fps, b.model_bytes)) {
+        for v in &mut out {
+            v.fps_ratio = v.fps / base_fps.max(1e-9);
+            v.model_bytes_ratio = v.model_bytes as f64 / (base_bytes.max(1)) as f64;
+        }
+    }
+    Ok(out)
+}
+
+fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
+    println!(
+        "{} frames x {} rounds, {} thread(s), {} prompt(s); medians; ratios vs the first row",
+        args.frames,
+        args.rounds.max(1),
+        args.threads.max(1),
+        args.prompts.len()
+    );
+    println!(
+        "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7} {:>10} {:>10} {:>8}",
+        "manifest",
+        "kernel",
+        "ms/frame",
+        "fps",
+        "x fps",
+        "model MB",
+        "x size",
+        "RSS MB",
+        "peak MB",
+        "allocs/f"
+    );
+    for r in rows {
+        println!(
+            "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2} {:>10.1} {:>10.1} {:>8}",
+            r.manifest.display().to_string(),
+            format!("{:?}", r.sparse_kernel).to_lowercase(),
+            r.median_ms,
+            r.fps,
+            r.fps_ratio,
+            r.model_bytes as f64 / 1e6,
+            r.model_bytes_ratio,
+            r.rss_bytes as f64 / 1e6,
+            r.peak_rss_bytes as f64 / 1e6,
+            r.allocs_per_frame
+                .map_or_else(|| "n/a".to_string(), |a| format!("{a:.1}"))
+        );
+    }
+}
+
+/// Bytes on disk of the segmenter graph and of the external-data files beside it
+/// (`*.bin`, `*.data`), which is where exported weights live.
+fn model_bytes(manifest: &Path) -> anyhow::Result<u64> {
+    let m = crate::engine::Manifest::load(manifest)?;
+    let graph = &m.segmenter.model;
+    let mut total = std::fs::metadata(graph)
+        .with_context(|| format!("{}", graph.display()))?
+        .len();
+    if let Some(dir) = graph.parent() {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "bin" || ext == "data" {
+                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Nearest-rank percentile; sorts `v`.
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let ix = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[ix]
+}
+
+/// (VmRSS, VmHWM) of this process in bytes, 0 where /proc is unavailable.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&mut v, 0.5), 3.0);
+        assert_eq!(percentile(&mut v, 0.9), 5.0);
+        assert!(percentile(&mut [], 0.5).is_nan());
+    }
+
+    #[test]
+    fn rss_reads_proc() {
+        let (rss, peak) = rss();
+        assert!(rss > 0, "VmRSS not read");
+        assert!(peak >= rss, "peak {peak} below current {rss}");
+    }
+
+    #[test]
+    fn kernels_are_one_or_one_per_manifest() {
+        let mut args = BenchArgs {
+            manifests: vec!["a.toml".into(), "b.toml".into()],
+            sparse_kernels: vec![],
+            threads: 1,
+            prompts: vec![],
+            image: "x.jpg".into(),
+            frames: 1,
+            rounds: 1,
+            json: false,
+            child: false,
+        };
+        assert_eq!(
+            kernels_per_variant(&args).ok(),
+            Some(vec![KernelArg::Auto; 2])
+        );
+        args.sparse_kernels = vec![KernelArg::Dense, KernelArg::Sparse];
+        assert_eq!(
+            kernels_per_variant(&args).ok(),
+            Some(vec![KernelArg::Dense, KernelArg::Sparse])
+        );
+        args.sparse_kernels = vec![KernelArg::Dense; 3];
+        assert!(kernels_per_variant(&args).is_err());
+    }
+}
