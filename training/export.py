@@ -312,7 +312,7 @@ mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 
 [segmenter]
-model = "seg/seg.onnx"
+model = "{seg}/seg.onnx"
 image_input = "image"
 text_input = "text"
 mask_output = "mask_logits"
@@ -322,18 +322,19 @@ mask_threshold = 0.5        # on sigmoid(mask logit)
 score_threshold = 0.5       # on sigmoid(presence logit)
 
 [stages]
-embed = "seg/embed.onnx"
+embed = "{seg}/embed.onnx"
 blocks = [{blocks}]
-decoder = "seg/decoder.onnx"
+decoder = "{seg}/decoder.onnx"
 tokens = 196
 width = 192
 """
 
 
-def write_manifest(desc: str):
-    blocks = ", ".join(f'"seg/block{i}.onnx"' for i in range(DEPTH))
-    with open(os.path.join(MODELS, "default.toml"), "w") as f:
-        f.write(MANIFEST.format(blocks=blocks, ckpt_desc=desc))
+def write_manifest(desc: str, out: str, manifest: str):
+    seg = os.path.relpath(out, MODELS)
+    blocks = ", ".join(f'"{seg}/block{i}.onnx"' for i in range(DEPTH))
+    with open(os.path.join(MODELS, manifest), "w") as f:
+        f.write(MANIFEST.format(blocks=blocks, ckpt_desc=desc, seg=seg))
 
 
 def main():
@@ -342,6 +343,7 @@ def main():
     ap.add_argument("--weights", default="ema", choices=["ema", "model"])
     ap.add_argument("--out", default=SEG)
     ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--manifest", default="default.toml", help="manifest file name in models/ (written when --out is under models/)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     m, step, elapsed = load_model(a.ckpt, a.weights)
@@ -366,8 +368,8 @@ def main():
         shutil.rmtree(stage, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if os.path.abspath(a.out) == os.path.abspath(SEG):
-        write_manifest(desc)
+    if os.path.abspath(a.out).startswith(os.path.abspath(MODELS) + os.sep):
+        write_manifest(desc, a.out, a.manifest)
     tot = sum(os.path.getsize(os.path.join(a.out, f)) for f in os.listdir(a.out))
     print(f"models/seg total {tot / 1e6:.2f} MB; export source: {desc}")
 
