@@ -15,6 +15,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod prompts;
 pub mod segmenter;
+pub mod sparse;
 pub mod stages;
 pub mod text;
 
@@ -55,13 +56,29 @@ impl Engine {
     /// config's prompts. Errors name the manifest or graph file, the key and the reason.
     pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
         let manifest = Manifest::load(&cfg.manifest)?;
-        Engine::from_manifest(manifest, cfg.threads, prompts)
+        let options = PlanOptions::with_threads(cfg.threads).with_sparse_kernel(cfg.sparse_kernel);
+        Engine::with_options(manifest, cfg.threads, &options, prompts)
     }
 
-    /// As [`Engine::load`], from an already loaded manifest (`maskd eval`).
+    /// As [`Engine::load`], from an already loaded manifest (`maskd eval`), with the
+    /// default `engine.sparse_kernel`.
     pub fn from_manifest(
         manifest: Manifest,
         threads: usize,
+        prompts: &PromptsConfig,
+    ) -> anyhow::Result<Engine> {
+        Engine::with_options(
+            manifest,
+            threads,
+            &PlanOptions::with_threads(threads),
+            prompts,
+        )
+    }
+
+    fn with_options(
+        manifest: Manifest,
+        threads: usize,
+        options: &PlanOptions,
         prompts: &PromptsConfig,
     ) -> anyhow::Result<Engine> {
         let thresholds = Thresholds {
@@ -84,7 +101,7 @@ impl Engine {
         )
         .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
         let encoder = TextEncoder::load(&manifest)?;
-        let seg = Segmenter::load(&manifest, &PlanOptions::with_threads(threads))?;
+        let seg = Segmenter::load(&manifest, options)?;
         let worker = EncoderWorker::spawn(encoder).context("starting the text encoder thread")?;
         let registry = PromptRegistry::new(tokenizer, worker, &prompts.text, prompts.max_prompts)
             .map_err(|e| anyhow::anyhow!("prompts.text: {e}"))?;
@@ -101,6 +118,12 @@ impl Engine {
             manifest.image.width,
             manifest.image.height,
             threads.max(1)
+        );
+        log::info!(
+            "{}: {} (engine.sparse_kernel = \"{}\")",
+            manifest.relative(&manifest.segmenter.model).display(),
+            seg.sparse().summary(),
+            sparse::mode_name(options.sparse_kernel)
         );
         Ok(Engine {
             manifest,

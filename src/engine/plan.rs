@@ -7,6 +7,10 @@
 //! naming the file, the input or output and both shapes, e.g.
 //! `seg/seg.onnx: input "image" is 1x3x256x256 but the manifest says 1x3x224x224`.
 //!
+//! Between typing and optimising, `engine.sparse_kernel` is applied to the graph (see
+//! `sparse/rewrite.rs`): N:M layers are kept sparse, decompressed, or created from dense
+//! matmuls whose weights obey 2:4; [`Plan::sparse`] says what came out.
+//!
 //! Leaves out: running plans (the runners in `segmenter.rs`, `stages.rs`, `text/encoder.rs`).
 
 use std::fmt;
@@ -17,6 +21,9 @@ use anyhow::Context;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
+
+use crate::config::SparseKernel;
+use crate::engine::sparse::{self, SparseLayer, SparseReport};
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,13 +54,25 @@ impl IoSpec {
 }
 
 /// How plans are built.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PlanOptions {
     /// Needed by graphs whose `value_info` carries symbolic shapes tract cannot unify
     /// (the int8 MiniLM export).
     pub ignore_value_info: bool,
     /// Thread pool for matmuls; `None` runs on the calling thread.
     pub executor: Option<Executor>,
+    /// How N:M layers run (`engine.sparse_kernel`).
+    pub sparse_kernel: SparseKernel,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions {
+            ignore_value_info: false,
+            executor: None,
+            sparse_kernel: crate::config::DEFAULT_SPARSE_KERNEL,
+        }
+    }
 }
 
 impl PlanOptions {
@@ -63,8 +82,15 @@ impl PlanOptions {
         let executor =
             (threads > 1).then(|| Executor::multithread_with_name(threads, "maskd-tract"));
         PlanOptions {
-            ignore_value_info: false,
             executor,
+            ..PlanOptions::default()
+        }
+    }
+
+    pub fn with_sparse_kernel(self, sparse_kernel: SparseKernel) -> PlanOptions {
+        PlanOptions {
+            sparse_kernel,
+            ..self
         }
     }
 }
@@ -110,6 +136,7 @@ pub struct Plan {
     pub plan: Arc<TypedSimplePlan>,
     /// The file as the manifest writes it (for messages).
     pub shown: PathBuf,
+    sparse: SparseReport,
 }
 
 impl Plan {
@@ -122,16 +149,29 @@ impl Plan {
         outputs: &[IoSpec],
         options: &PlanOptions,
     ) -> anyhow::Result<Plan> {
-        let onnx = tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info);
+        let mut onnx = tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info);
+        sparse::register(&mut onnx);
         let mut model = onnx
             .model_for_path(file)
             .with_context(|| format!("{}: loading the ONNX graph", shown.display()))?;
         pin_inputs(&mut model, shown, inputs)?;
         select_outputs(&mut model, shown, outputs)?;
-        let typed = model
+        let mut typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .with_context(|| format!("{}: typing the graph", shown.display()))?;
+        let dense = sparse::apply(&mut typed, options.sparse_kernel).with_context(|| {
+            format!(
+                "{}: applying engine.sparse_kernel = \"{}\"",
+                shown.display(),
+                sparse::mode_name(options.sparse_kernel)
+            )
+        })?;
+        let typed = typed
             .into_optimized()
             .with_context(|| format!("{}: optimising the graph", shown.display()))?;
         check_outputs(&typed, shown, outputs)?;
+        let sparse = SparseReport::new(&typed, dense);
         let run_options = RunOptions {
             executor: options.executor.clone(),
             ..RunOptions::default()
@@ -141,7 +181,18 @@ impl Plan {
         Ok(Plan {
             plan,
             shown: shown.to_owned(),
+            sparse,
         })
+    }
+
+    /// Which N:M layers run sparse (kernel and shape) and which run dense.
+    pub fn sparse(&self) -> &SparseReport {
+        &self.sparse
+    }
+
+    /// The layers the sparse kernel runs, in graph order.
+    pub fn sparse_layers(&self) -> &[SparseLayer] {
+        &self.sparse.sparse
     }
 
     /// The `ix`-th output's shape after optimisation (concrete where the graph fixes it).

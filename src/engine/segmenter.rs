@@ -151,6 +151,11 @@ impl Segmenter {
         Ok((masks, scores))
     }
 
+    /// Which N:M layers of the graph run sparse.
+    pub fn sparse(&self) -> &crate::engine::sparse::SparseReport {
+        self.plan.sparse()
+    }
+
     /// The image input of the last run (for the stage runner and tests).
     pub fn image(&self) -> &Arc<Tensor> {
         &self.image

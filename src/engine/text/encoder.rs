@@ -46,7 +46,7 @@ impl TextEncoder {
         // The int8 MiniLM export declares value_info shapes that tract cannot unify.
         let options = PlanOptions {
             ignore_value_info: true,
-            executor: None,
+            ..PlanOptions::default()
         };
         let plan = Plan::load(
             &t.model,

@@ -1,0 +1,21 @@
+//! N:M-sparse matmuls inside tract plans (format and kernels: `crates/maskd-sparse`,
+//! spec: `docs/SPARSE.md`).
+//!
+//! * `op.rs`: the tract op `maskd.NmMatMul`, weights packed once, run per frame;
+//! * `onnx.rs`: reading `NmMatMul` nodes (domain `maskd`) from ONNX;
+//! * `rewrite.rs`: applying `engine.sparse_kernel` to a loaded graph (decompress, keep,
+//!   or turn dense matmuls whose weights obey 2:4 into `NmMatMul`) and the report of
+//!   which layers run sparse.
+//!
+//! Leaves out: pruning and writing sparse models (`maskd sparsify`).
+
+mod onnx;
+mod op;
+mod rewrite;
+
+#[cfg(test)]
+mod tests;
+
+pub use onnx::{register, DOMAIN};
+pub use op::NmMatMul;
+pub use rewrite::{apply, mode_name, SparseLayer, SparseReport};
