@@ -63,7 +63,7 @@ pub struct EngineConfig {
 pub enum SparseKernel {
     /// Sparse kernel where the CPU has one, dense otherwise.
     Auto,
-    /// Always the sparse kernel (fails at load if none applies).
+    /// The sparse kernel for every N:M layer, even where only the scalar one fits.
     Sparse,
     /// Decompress sparse layers to dense constants.
     Dense,
