@@ -27,6 +27,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Evaluate a model on a labelled set with the Rust pipeline (IoU, absent-prompt rate).
     Eval(crate::eval::EvalArgs),
+    /// Prune a model's MatMul/Gemm weights to N:M sparsity (maskd.NmMatMul or dense).
+    Sparsify(crate::sparsify::SparsifyArgs),
 }
 
 #[derive(Debug, clap::Args)]

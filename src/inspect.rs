@@ -1,10 +1,10 @@
 //! `maskd inspect MODEL.onnx|MANIFEST.toml`: what a graph takes and gives, what it is
 //! made of, how big it is.
 //!
-//! Reads the ONNX protobuf only (external weight data is not loaded), so it also works on
-//! graphs tract cannot run. For a manifest, it inspects every graph the manifest names.
-//! The per-weight table ([`WeightInfo`], `--weights`) is where per-layer properties of the
-//! weights (such as an N:M sparsity pattern) belong.
+//! Reads the ONNX protobuf, not tract's model, so it also works on graphs tract cannot
+//! run. For a manifest, it inspects every graph the manifest names. The weights' values
+//! are read (external data included) only for the N:M table of weight-carrying layers
+//! ([`layers`]); when they cannot be, the rest of the report still prints.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +16,8 @@ use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::prelude::Framework;
 
 use crate::engine::Manifest;
+
+pub mod layers;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -58,6 +60,8 @@ pub struct GraphInfo {
     /// Op type -> node count (subgraphs included).
     pub ops: BTreeMap<String, usize>,
     pub weights: Vec<WeightInfo>,
+    /// The N:M view of the weight-carrying layers, or why the weights could not be read.
+    pub layers: Result<Vec<layers::LayerSparsity>, String>,
 }
 
 impl GraphInfo {
@@ -142,6 +146,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<GraphInfo> {
     let producer = format!("{} {}", proto.producer_name, proto.producer_version)
         .trim()
         .to_owned();
+    let layers = crate::onnx_io::read_model_inline(path)
+        .map(|m| m.graph.as_ref().map(layers::layers).unwrap_or_default())
+        .map_err(|e| format!("{e:#}"));
     Ok(GraphInfo {
         producer,
         opset,
@@ -149,6 +156,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<GraphInfo> {
         outputs,
         ops,
         weights,
+        layers,
     })
 }
 
@@ -289,6 +297,10 @@ fn render(out: &mut String, g: &GraphInfo, weights: bool) -> std::fmt::Result {
             String::new()
         }
     )?;
+    match &g.layers {
+        Ok(l) => layers::render(out, l)?,
+        Err(e) => writeln!(out, "weight layers: weights not read: {e}")?,
+    }
     if weights {
         let width = g
             .weights

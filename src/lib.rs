@@ -13,6 +13,8 @@ pub mod eval;
 pub mod inspect;
 pub mod lifecycle;
 pub mod masks;
+pub mod onnx_io;
 pub mod publish;
 pub mod source;
+pub mod sparsify;
 pub mod subscribe;

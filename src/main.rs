@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => maskd::inspect::run(args),
         Command::Bench(args) => maskd::bench::run(args),
         Command::Eval(args) => maskd::eval::run(args),
+        Command::Sparsify(args) => maskd::sparsify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,3 +6,4 @@ mod util;
 
 mod cli_errors;
 mod daemon;
+mod sparsify;

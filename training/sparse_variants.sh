@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The 2:4 comparison of docs/SPARSE.md: from the trained dense checkpoint make the
+# magnitude, magnitude + fine-tune and MaskLLM (learned) 2:4 variants, export each beside
+# the dense model as models/v24_<mode>/ + models/v24_<mode>.toml (dense layout, weights
+# obeying 2:4), and evaluate all four with the Rust pipeline (`maskd eval --json`).
+#   MINUTES=10 training/sparse_variants.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-/work/venv-train/bin/python}
+MINUTES=${MINUTES:-10}
+CK=training/work/ckpt
+MASKD=${MASKD:-target/release/maskd}
+# fine-tune and MaskLLM train side by side, one thread each
+"$PY" training/sparse24.py --mode finetune --minutes "$MINUTES" --out "$CK/finetune24.pt" > training/work/finetune24.log 2>&1 &
+"$PY" training/sparse24.py --mode maskllm --minutes "$MINUTES" --out "$CK/maskllm24.pt" > training/work/maskllm24.log 2>&1 &
+wait
+"$PY" training/sparse24.py --mode magnitude --out "$CK/magnitude24.pt" > training/work/magnitude24.log 2>&1
+for mode in magnitude finetune maskllm; do
+  "$PY" training/export.py --ckpt "$CK/${mode}24.pt" --out "models/v24_${mode}/seg" --manifest "v24_${mode}.toml" \
+    > "training/work/export_${mode}24.log" 2>&1
+done
+for m in default v24_magnitude v24_finetune v24_maskllm; do
+  "$MASKD" eval --manifest "models/$m.toml" --json > "training/work/eval_$m.json"
+done
+grep -h "val mIoU" training/work/*24.log
+for m in default v24_magnitude v24_finetune v24_maskllm; do
+  printf '%s ' "$m"; "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['miou'], d.get('absent_ok_rate'))" "training/work/eval_$m.json"
+done
