@@ -20,6 +20,7 @@ Usage: python training/export.py [--ckpt training/work/ckpt/last.pt] [--weights 
 from __future__ import annotations
 
 import argparse
+import math
 import hashlib
 import os
 import shutil
@@ -319,7 +320,7 @@ mask_output = "mask_logits"
 score_output = "presence_logits"
 mask_size = [56, 56]
 mask_threshold = 0.5        # on sigmoid(mask logit)
-score_threshold = 0.5       # on sigmoid(presence logit)
+score_threshold = {score_threshold}      # on sigmoid(presence logit); see docs/MODEL.md for the trade-off
 
 [stages]
 embed = "{seg}/embed.onnx"
@@ -330,11 +331,11 @@ width = 192
 """
 
 
-def write_manifest(desc: str, out: str, manifest: str):
+def write_manifest(desc: str, out: str, manifest: str, score_threshold: float):
     seg = os.path.relpath(out, MODELS)
     blocks = ", ".join(f'"{seg}/block{i}.onnx"' for i in range(DEPTH))
     with open(os.path.join(MODELS, manifest), "w") as f:
-        f.write(MANIFEST.format(blocks=blocks, ckpt_desc=desc, seg=seg))
+        f.write(MANIFEST.format(blocks=blocks, ckpt_desc=desc, seg=seg, score_threshold=score_threshold))
 
 
 def main():
@@ -343,13 +344,19 @@ def main():
     ap.add_argument("--weights", default="ema", choices=["ema", "model"])
     ap.add_argument("--out", default=SEG)
     ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--score-threshold", type=float, default=None,
+                    help="presence threshold written to the manifest [default: sigmoid(presence shift), i.e. the "
+                         "raw presence logit > 0: the calibration's >= 95%% absent-ok target costs most true "
+                         "detections with this presence head, see docs/MODEL.md]")
     ap.add_argument("--manifest", default="default.toml", help="manifest file name in models/ (written when --out is under models/)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     m, step, elapsed = load_model(a.ckpt, a.weights)
     desc = f"{os.path.basename(a.ckpt)} ({a.weights} weights, step {step}, {elapsed / 60:.1f} min of training)"
+    shift = 0.0
     if not a.no_calibrate:
         c = calibrate(m)
+        shift = c["presence_shift"] if c else 0.0
         if c:
             desc += f"; calibrated mask {c['mask_shift']:+.2f} presence {c['presence_shift']:+.2f}"
     print("exporting", desc, flush=True)
@@ -369,7 +376,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if os.path.abspath(a.out).startswith(os.path.abspath(MODELS) + os.sep):
-        write_manifest(desc, a.out, a.manifest)
+        thr = a.score_threshold if a.score_threshold is not None else round(1 / (1 + math.exp(-shift)), 3)
+        write_manifest(desc, a.out, a.manifest, thr)
     tot = sum(os.path.getsize(os.path.join(a.out, f)) for f in os.listdir(a.out))
     print(f"models/seg total {tot / 1e6:.2f} MB; export source: {desc}")
 

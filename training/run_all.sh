@@ -16,7 +16,13 @@ training/fetch_parts.sh                                   # models/text/*
 rm -f training/work/curve.tsv
 # one thread: on a shared 2-core machine two OpenMP threads ran 5x SLOWER than one
 "$PY" training/train.py --minutes "$MINUTES" --threads 1 2>&1 | tee training/work/train.log
-"$PY" training/export.py --ckpt training/work/ckpt/final.pt   # models/seg/*, models/default.toml
+"$PY" training/export.py --ckpt training/work/ckpt/final.pt --weights model  # models/seg/*, models/default.toml
 "$PY" training/gen_eval.py --n 150 --seed 2000               # models/eval/*
 "$PY" training/eval.py --json training/work/eval_results.json
 "$PY" training/make_clip.py --check                          # models/demo/clip.webm
+# 2:4 variants (magnitude, fine-tuned, MaskLLM), evaluated side by side with maskd eval;
+# the shipped sparse model is the MaskLLM one, compressed to maskd.NmMatMul
+cargo build --release
+training/sparse_variants.sh
+target/release/maskd sparsify --pattern 2:4 models/v24_maskllm/seg/seg.onnx models/seg24/seg.onnx
+rm -rf models/v24_magnitude* models/v24_finetune* models/v24_maskllm*

@@ -110,6 +110,8 @@ def main():
     ap.add_argument("--mode", choices=["magnitude", "finetune", "maskllm"], required=True)
     ap.add_argument("--ckpt", default=os.path.join(WORK, "ckpt", "final.pt"))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--weights", default="model", choices=["model", "ema"],
+                    help="which weights of the checkpoint (the shipped dense model uses the raw ones)")
     ap.add_argument("--minutes", type=float, default=15)
     ap.add_argument("--bs", type=int, default=16)
     ap.add_argument("--k", type=int, default=8)
@@ -127,10 +129,10 @@ def main():
 
     ck = torch.load(a.ckpt, map_location="cpu")
     dense = ViTSeg()
-    dense.load_state_dict(ck["ema"])
+    dense.load_state_dict(ck[a.weights])
     dense.eval()
     m = ViTSeg()
-    m.load_state_dict(ck["ema"])
+    m.load_state_dict(ck[a.weights])
     masks = []
     for name, lin in targets(m):
         if a.mode == "maskllm":
