@@ -271,6 +271,48 @@ pub(crate) mod tests {
         );
     }
 
+    /// The shipped 2:4 model: all 40 compressed layers run on the sparse kernel, and the
+    /// result equals the same graph decompressed to dense (the `sparse_kernel` fallback).
+    #[test]
+    fn shipped_two_four_model_runs_sparse_and_matches_its_dense_fallback() {
+        use crate::config::SparseKernel;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sparse24.toml");
+        let m = Manifest::load(&path).unwrap();
+        let pre = Preprocessor::new(&m.image);
+        let (w, h) = (m.image.width, m.image.height);
+        let rgb = fixture_rgb(w as usize, h as usize);
+        let text: Vec<Vec<f32>> = (0..3)
+            .map(|p| {
+                (0..384)
+                    .map(|i| ((i * 7 + p * 13) % 17) as f32 / 40.0 - 0.2)
+                    .collect()
+            })
+            .collect();
+        let mut results = Vec::new();
+        for mode in [SparseKernel::Sparse, SparseKernel::Dense] {
+            let options = PlanOptions::default().with_sparse_kernel(mode);
+            let mut seg = Segmenter::load(&m, &options).unwrap();
+            let expected = if mode == SparseKernel::Sparse { 40 } else { 0 };
+            assert_eq!(seg.sparse().sparse.len(), expected, "{mode:?}");
+            seg.write_image(|buf| pre.run(&frame(&rgb, w, h), buf))
+                .unwrap()
+                .unwrap();
+            seg.set_text(text.iter().map(Vec::as_slice)).unwrap();
+            seg.run().unwrap();
+            let (masks, scores) = seg.outputs().unwrap();
+            results.push((masks.to_vec(), scores.to_vec()));
+        }
+        let worst = results[0]
+            .0
+            .iter()
+            .zip(&results[1].0)
+            .chain(results[0].1.iter().zip(&results[1].1))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "sparse vs dense max |diff| {worst}");
+        assert_eq!(results[0].0.len(), 3 * 56 * 56);
+    }
+
     #[test]
     fn zero_prompts_is_refused() {
         let m = fixture_manifest();
