@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
 use crate::engine::Engine;
 use crate::masks::MaskSet;
-use crate::source::{FrameView, Rect};
+use crate::source::FrameView;
 
 pub mod alloc;
 
@@ -226,22 +226,7 @@ fn run_variant(
     let image = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
     let mut masks = MaskSet::default();
     let mut frame = |seq: u64, masks: &mut MaskSet| {
-        let view = FrameView {
-            seq,
-            capture_ns: 0,
-            width: w,
-            height: h,
-            stride: 3 * w as usize,
-            data: image.as_raw(),
-            content: Rect {
-                x: 0,
-                y: 0,
-                width: w,
-                height: h,
-            },
-            source_width: source.0,
-            source_height: source.1,
-        };
+        let view = FrameView::still(seq, image.as_raw(), w, h, source);
         engine.infer_sized(&view, (160, 120), masks)
     };
     for seq in 0..3 {

@@ -32,7 +32,7 @@ use crate::engine::segmenter::Segmenter;
 use crate::engine::text::{TextEncoder, Tokenizer};
 use crate::engine::Manifest;
 use crate::masks::MaskSet;
-use crate::source::{FrameView, Rect};
+use crate::source::FrameView;
 
 /// An absent prompt's mask may cover at most this fraction of the image.
 pub const ABSENT_MAX_COVERAGE: f32 = 0.01;
@@ -201,22 +201,13 @@ impl Evaluator {
             scaled = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
             &scaled
         };
-        let frame = FrameView {
-            seq: self.runs as u64,
-            capture_ns: 0,
-            width: w,
-            height: h,
-            stride: 3 * w as usize,
-            data: model_image.as_raw(),
-            content: Rect {
-                x: 0,
-                y: 0,
-                width: w,
-                height: h,
-            },
-            source_width: image.width(),
-            source_height: image.height(),
-        };
+        let frame = FrameView::still(
+            self.runs as u64,
+            model_image.as_raw(),
+            w,
+            h,
+            image.dimensions(),
+        );
         let pre = &self.pre;
         self.seg.write_image(|buf| pre.run(&frame, buf))??;
         let start = Instant::now();

@@ -55,16 +55,13 @@ def load_model(ckpt: str, which: str = "ema") -> ViTSeg:
 @torch.no_grad()
 def calibrate(m: ViTSeg, n: int = 200):
     """Grid-search mask-bias and presence-bias shifts on the validation scenes (56x56 metric)."""
-    from train import Data, text_table
-    from concepts import NUM_CONCEPTS
+    from train import Data, Phrasings
 
     vd = os.path.join(ROOT, "training", "work", "data", "val")
     if not os.path.exists(os.path.join(vd, "DONE")):
         print("calibrate: no validation data, skipped")
         return None
-    emb, con, _ = text_table()
-    starts = [int(np.nonzero(con == c)[0][0]) for c in range(NUM_CONCEPTS)]
-    E = torch.from_numpy(emb)[starts]
+    E = Phrasings().canon
     val = Data(vd)
     dec = m.decoder
     L, H, T, PR = [], [], [], []

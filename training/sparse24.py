@@ -34,9 +34,8 @@ import torch.nn.functional as F
 import torch.nn.utils.parametrize as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from concepts import NUM_CONCEPTS  # noqa: E402
 from model import ViTSeg  # noqa: E402
-from train import WORK, Data, dice_loss, pick, text_table, validate  # noqa: E402
+from train import WORK, Data, Phrasings, choose_prompts, crop, dice_loss, validate  # noqa: E402
 
 # The 6 ways to keep 2 of 4, as rows of 0/1.
 CANDIDATES = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1],
@@ -143,14 +142,8 @@ def main():
         masks.append(par)
     print(f"{a.mode}: {len(masks)} layers pruned 2:4 from {a.ckpt}", flush=True)
 
-    emb, con, _ = text_table()
-    emb_t = torch.from_numpy(emb).float()
-    starts = np.zeros(NUM_CONCEPTS, np.int64)
-    counts = np.zeros(NUM_CONCEPTS, np.int64)
-    for c in range(NUM_CONCEPTS):
-        w = np.nonzero(con == c)[0]
-        starts[c], counts[c] = w[0], len(w)
-    emb_canon = emb_t[torch.from_numpy(starts)]
+    phr = Phrasings()
+    emb_canon = phr.canon
     val = Data(os.path.join(WORK, "data", "val"))
 
     if a.mode != "magnitude":
@@ -175,18 +168,8 @@ def main():
                     p.tau = 4.0 * (0.05 / 4.0) ** frac
             idx = rng.choice(data.n, a.bs, replace=False)
             img, tgt, pres = data.batch(idx, flip_rng)
-            g = a.crop // 16
-            offsets = [(int(rng.integers(0, 15 - g)), int(rng.integers(0, 15 - g))) for _ in range(a.bs)]
-            img = torch.stack([img[b, :, oy * 16:oy * 16 + a.crop, ox * 16:ox * 16 + a.crop]
-                               for b, (oy, ox) in enumerate(offsets)])
-            tgt = torch.stack([tgt[b, :, oy * 4:oy * 4 + a.crop // 4, ox * 4:ox * 4 + a.crop // 4]
-                               for b, (oy, ox) in enumerate(offsets)])
-            pres = (tgt.sum((2, 3)) >= 1.0).float()
-            sel = torch.from_numpy(np.stack([pick(pres[b].numpy(), rng, a.k) for b in range(a.bs)]))
-            tgt = torch.gather(tgt, 1, sel[:, :, None, None].expand(-1, -1, tgt.shape[2], tgt.shape[3]))
-            pres = torch.gather(pres, 1, sel)
-            off = (torch.from_numpy(rng.random((a.bs, a.k))) * torch.from_numpy(counts)[sel]).long()
-            text = emb_t[torch.from_numpy(starts)[sel] + off]
+            img, tgt, pres, offsets = crop(img, tgt, rng, a.crop)
+            tgt, pres, text = choose_prompts(tgt, pres, rng, a.k, phr)
             with torch.no_grad():
                 mk_t, pr_t = dense(img, text, offsets)
             mk, pr = m(img, text, offsets)

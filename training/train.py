@@ -109,6 +109,45 @@ def pick(pres_row, rng, k):
     return out[:k]
 
 
+class Phrasings:
+    """The phrasing embeddings grouped by concept: concept c owns rows starts[c] ..
+    starts[c] + counts[c] of `emb`, the first of them its canonical phrasing."""
+
+    def __init__(self):
+        emb, con, self.texts = text_table()
+        self.emb = torch.from_numpy(emb).float()
+        self.starts = np.zeros(NUM_CONCEPTS, np.int64)
+        self.counts = np.zeros(NUM_CONCEPTS, np.int64)
+        for c in range(NUM_CONCEPTS):
+            w = np.nonzero(con == c)[0]
+            self.starts[c], self.counts[c] = w[0], len(w)
+        self.canon = self.emb[torch.from_numpy(self.starts)]
+
+    def draw(self, sel, rng, p_canon=0.3):
+        """Concept ids [B,K] -> one embedding each [B,K,384]: canonical with p_canon, else random."""
+        r = torch.from_numpy(rng.random(sel.shape))
+        off = (torch.from_numpy(rng.random(sel.shape)) * torch.from_numpy(self.counts)[sel]).long()
+        off = torch.where(r < p_canon, torch.zeros_like(off), off)
+        return self.emb[torch.from_numpy(self.starts)[sel] + off]
+
+
+def crop(img, tgt, rng, res):
+    """Random res x res crops aligned to the patch grid -> img, tgt, pres, offsets (patch units)."""
+    g = res // 16
+    offsets = [(int(rng.integers(0, 15 - g)), int(rng.integers(0, 15 - g))) for _ in range(img.shape[0])]
+    img = torch.stack([img[b, :, oy * 16:oy * 16 + res, ox * 16:ox * 16 + res] for b, (oy, ox) in enumerate(offsets)])
+    tgt = torch.stack([tgt[b, :, oy * 4:oy * 4 + res // 4, ox * 4:ox * 4 + res // 4]
+                       for b, (oy, ox) in enumerate(offsets)])
+    return img, tgt, (tgt.sum((2, 3)) >= 1.0).float(), offsets
+
+
+def choose_prompts(tgt, pres, rng, k, phrasings):
+    """K prompts per image (see `pick`), each with a drawn phrasing -> tgt, pres, text [B,K,...]."""
+    sel = torch.from_numpy(np.stack([pick(pres[b].numpy(), rng, k) for b in range(tgt.shape[0])]))
+    tgt = torch.gather(tgt, 1, sel[:, :, None, None].expand(-1, -1, tgt.shape[2], tgt.shape[3]))
+    return tgt, torch.gather(pres, 1, sel), phrasings.draw(sel, rng)
+
+
 def dice_loss(logits, tgt, w):
     p = torch.sigmoid(logits).flatten(2)
     t = tgt.flatten(2)
@@ -181,14 +220,8 @@ def main():
     flip_rng = random.Random(a.seed)
     os.makedirs(a.out, exist_ok=True)
 
-    emb, con, texts = text_table()
-    emb_t = torch.from_numpy(emb).float()
-    starts = np.zeros(NUM_CONCEPTS, np.int64)
-    counts = np.zeros(NUM_CONCEPTS, np.int64)
-    for c in range(NUM_CONCEPTS):
-        w = np.nonzero(con == c)[0]
-        starts[c], counts[c] = w[0], len(w)
-    emb_canon = emb_t[torch.from_numpy(starts)]  # canonical phrasing per concept
+    phr = Phrasings()
+    emb_canon = phr.canon
 
     data = Data(a.data)
     val = Data(a.val) if os.path.exists(os.path.join(a.val, "DONE")) else None
@@ -197,7 +230,7 @@ def main():
     ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
-    print(f"params {param_count(model)}; data {data.n} scenes; phrasings {len(texts)}", flush=True)
+    print(f"params {param_count(model)}; data {data.n} scenes; phrasings {len(phr.texts)}", flush=True)
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "pos" in n_ or "norm" in n_ else decay).append(p)
@@ -238,21 +271,10 @@ def main():
         img, tgt, pres = data.batch(idx, flip_rng)
         offsets = None
         if res != 224:
-            g = res // 16
-            offsets = [(int(rng.integers(0, 15 - g)), int(rng.integers(0, 15 - g))) for _ in range(bs)]
-            img = torch.stack([img[b, :, oy * 16:oy * 16 + res, ox * 16:ox * 16 + res] for b, (oy, ox) in enumerate(offsets)])
-            tgt = torch.stack([tgt[b, :, oy * 4:oy * 4 + res // 4, ox * 4:ox * 4 + res // 4] for b, (oy, ox) in enumerate(offsets)])
-            pres = (tgt.sum((2, 3)) >= 1.0).float()
+            img, tgt, pres, offsets = crop(img, tgt, rng, res)
         # K prompts per image: every present concept, then hard negatives (same colour or same
         # shape as a present one), then random absent ones; each with a random phrasing
-        sel = torch.from_numpy(np.stack([pick(pres[b].numpy(), rng, a.k) for b in range(bs)]))
-        tgt = torch.gather(tgt, 1, sel[:, :, None, None].expand(-1, -1, tgt.shape[2], tgt.shape[3]))
-        pres = torch.gather(pres, 1, sel)
-        r = torch.from_numpy(rng.random((bs, a.k)))
-        cnt = torch.from_numpy(counts)[sel]
-        off = (torch.from_numpy(rng.random((bs, a.k))) * cnt).long()
-        off = torch.where(r < 0.3, torch.zeros_like(off), off)
-        text = emb_t[torch.from_numpy(starts)[sel] + off]  # [B,K,384]
+        tgt, pres, text = choose_prompts(tgt, pres, rng, a.k, phr)  # text [B,K,384]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             mk, pr = model(img, text, offsets)
         mk, pr = mk.float(), pr.float()

@@ -170,7 +170,7 @@ impl Segmenter {
 pub(crate) mod tests {
     use super::*;
     use crate::engine::preprocess::Preprocessor;
-    use crate::source::{FrameView, Rect};
+    use crate::source::FrameView;
     use std::path::{Path, PathBuf};
 
     pub(crate) fn fixture_manifest() -> Manifest {
@@ -195,20 +195,8 @@ pub(crate) mod tests {
 
     pub(crate) fn frame(data: &[u8], w: u32, h: u32) -> FrameView<'_> {
         FrameView {
-            seq: 1,
             capture_ns: 2,
-            width: w,
-            height: h,
-            stride: 3 * w as usize,
-            data,
-            content: Rect {
-                x: 0,
-                y: 0,
-                width: w,
-                height: h,
-            },
-            source_width: w,
-            source_height: h,
+            ..FrameView::still(1, data, w, h, (w, h))
         }
     }
 

@@ -32,3 +32,27 @@ pub struct FrameView<'a> {
     pub source_width: u32,
     pub source_height: u32,
 }
+
+impl<'a> FrameView<'a> {
+    /// A still image already at the model's size, filling the whole frame (no
+    /// letterbox, no capture time): what `maskd eval`, `maskd bench` and tests feed.
+    /// `source` is the image's size before it was scaled.
+    pub fn still(seq: u64, data: &'a [u8], width: u32, height: u32, source: (u32, u32)) -> Self {
+        FrameView {
+            seq,
+            capture_ns: 0,
+            width,
+            height,
+            stride: 3 * width as usize,
+            data,
+            content: Rect {
+                x: 0,
+                y: 0,
+                width,
+                height,
+            },
+            source_width: source.0,
+            source_height: source.1,
+        }
+    }
+}

@@ -24,6 +24,18 @@ fn fixture_manifest() -> PathBuf {
     repo().join("tests/data/fixture/fixture.toml")
 }
 
+/// The fixture model on a live test pattern: for tests of the socket, not of the model.
+fn ball_daemon(dir: &Dir) -> Daemon {
+    let (cfg, socket) = config(
+        dir,
+        "videotestsrc is-live=true pattern=ball",
+        &fixture_manifest(),
+        &["ball"],
+        4,
+    );
+    Daemon::start(dir, &cfg, &socket)
+}
+
 /// Reads `n` frames, checking framing, sizes and order; returns (max coverage, dropped sum).
 fn read_frames(client: &mut Client, ids: &[u32], n: usize) -> (f32, u64) {
     let mut last_seq = None;
@@ -134,14 +146,7 @@ fn two_readers_get_their_masks_while_a_stuck_subscriber_loses_only_its_own() {
 #[test]
 fn malformed_client_message_gets_an_error_and_others_keep_receiving() {
     let dir = Dir::new();
-    let (cfg, socket) = config(
-        &dir,
-        "videotestsrc is-live=true pattern=ball",
-        &fixture_manifest(),
-        &["ball"],
-        4,
-    );
-    let daemon = Daemon::start(&dir, &cfg, &socket);
+    let daemon = ball_daemon(&dir);
 
     let mut good = Client::connect(&daemon.socket).expect("good client connects");
     let ids = good
@@ -173,15 +178,10 @@ fn malformed_client_message_gets_an_error_and_others_keep_receiving() {
     });
     assert!(closed, "the bad client was not dropped");
 
-    let (_, dropped) = read_frames_any(&mut good, &ids, 5);
+    let (_, dropped) = read_frames(&mut good, &ids, 5);
     assert_eq!(dropped, 0);
     let pong = good.ping(7).expect("daemon still answers the good client");
     assert!(pong < Duration::from_secs(10));
-}
-
-/// Like `read_frames` for the fixture model (its masks are meaningless; only framing counts).
-fn read_frames_any(client: &mut Client, ids: &[u32], n: usize) -> (f32, u64) {
-    read_frames(client, ids, n)
 }
 
 #[test]
@@ -230,20 +230,13 @@ fn sigterm_notifies_systemd_closes_and_removes_the_socket() {
 #[test]
 fn python_client_from_the_protocol_document_decodes_every_encoding() {
     let dir = Dir::new();
-    let (cfg, socket) = config(
-        &dir,
-        "videotestsrc is-live=true pattern=ball",
-        &fixture_manifest(),
-        &["ball"],
-        4,
-    );
-    let _daemon = Daemon::start(&dir, &cfg, &socket);
+    let daemon = ball_daemon(&dir);
     let script = repo().join("docs/examples/client.py");
     for encoding in ["rle", "coco", "bitmask"] {
         let out = std::process::Command::new("python3")
             .arg(&script)
             .arg("--socket")
-            .arg(&socket)
+            .arg(&daemon.socket)
             .args(["--prompt", "ball", "--encoding", encoding, "--count", "3"])
             .output()
             .expect("running python3 docs/examples/client.py");
