@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
+use crate::engine::profile::OpRow;
 use crate::engine::Engine;
 use crate::masks::MaskSet;
 use crate::source::FrameView;
@@ -52,6 +53,11 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// After the timed frames, time every operator of the segmenter plan over as many
+    /// frames again and print where each variant's frame goes (the timed figures are
+    /// taken without it).
+    #[arg(long)]
+    pub profile: bool,
     /// Internal: run one variant in this process and print its JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -87,6 +93,16 @@ pub struct RoundResult {
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
     pub load_s: f64,
+    /// `--profile`: median frame time while profiling and the plan's operators.
+    #[serde(default)]
+    pub profile: Option<ProfileResult>,
+}
+
+/// Where one variant's frame goes (`--profile`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileResult {
+    pub frame_ms: f64,
+    pub ops: Vec<OpRow>,
 }
 
 /// A variant's summary over rounds.
@@ -142,6 +158,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summaries)?);
     } else {
         print_table(args, &summaries);
+        if args.profile {
+            print_profiles(&summaries);
+        }
     }
     Ok(())
 }
@@ -177,6 +196,9 @@ fn run_child(
         .arg(&args.image)
         .arg("--frames")
         .arg(args.frames.to_string());
+    if args.profile {
+        cmd.arg("--profile");
+    }
     for p in &args.prompts {
         cmd.arg("--prompt").arg(p);
     }
@@ -243,6 +265,25 @@ fn run_variant(
         .zip(allocs_before)
         .map(|(after, before)| (after - before) as f64 / args.frames.max(1) as f64);
     let (rss_bytes, peak_rss_bytes) = rss();
+    let profile = if args.profile {
+        engine.enable_profile();
+        let mut frame_times = Vec::with_capacity(args.frames);
+        for seq in 0..args.frames.max(1) as u64 {
+            let start = Instant::now();
+            engine.infer_sized(
+                &FrameView::still(1000 + seq, image.as_raw(), w, h, source),
+                (160, 120),
+                &mut masks,
+            )?;
+            frame_times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Some(ProfileResult {
+            frame_ms: percentile(&mut frame_times, 0.5),
+            ops: engine.profile().map(|p| p.rows()).unwrap_or_default(),
+        })
+    } else {
+        None
+    };
     Ok(RoundResult {
         median_ms: percentile(&mut times, 0.5),
         p90_ms: percentile(&mut times, 0.9),
@@ -250,6 +291,7 @@ fn run_variant(
         rss_bytes,
         peak_rss_bytes,
         load_s,
+        profile,
     })
 }
 
@@ -285,6 +327,46 @@ fn summarise(
         }
     }
     Ok(out)
+}
+
+/// `--profile`: for each variant, its operators' time per frame (last round), largest
+/// first, and what the frame spends outside the plan (pre- and postprocessing, encoding).
+fn print_profiles(rows: &[VariantSummary]) {
+    for r in rows {
+        let Some(p) = r.rounds.last().and_then(|round| round.profile.as_ref()) else {
+            continue;
+        };
+        println!(
+            "\nprofile: {} ({}), {:.1} ms/frame while profiled",
+            r.manifest.display(),
+            format!("{:?}", r.sparse_kernel).to_lowercase(),
+            p.frame_ms
+        );
+        println!(
+            "  {:<28} {:>9} {:>8} {:>8}",
+            "operator", "ms/frame", "% frame", "nodes"
+        );
+        let mut in_plan = 0.0;
+        for op in &p.ops {
+            in_plan += op.ms_per_run;
+            if op.ms_per_run >= 0.05 * p.frame_ms / 10.0 {
+                println!(
+                    "  {:<28} {:>9.2} {:>8.1} {:>8.0}",
+                    op.op,
+                    op.ms_per_run,
+                    100.0 * op.ms_per_run / p.frame_ms.max(1e-9),
+                    op.nodes_per_run
+                );
+            }
+        }
+        let outside = (p.frame_ms - in_plan).max(0.0);
+        println!(
+            "  {:<28} {:>9.2} {:>8.1}",
+            "(outside the plan)",
+            outside,
+            100.0 * outside / p.frame_ms.max(1e-9)
+        );
+    }
 }
 
 fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
@@ -401,6 +483,7 @@ mod tests {
             frames: 1,
             rounds: 1,
             json: false,
+            profile: false,
             child: false,
         };
         assert_eq!(

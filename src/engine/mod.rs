@@ -13,11 +13,13 @@ pub mod manifest;
 pub mod plan;
 pub mod postprocess;
 pub mod preprocess;
+pub mod profile;
 pub mod prompts;
 pub mod segmenter;
 pub mod sparse;
 pub mod stages;
 pub mod text;
+pub mod upsample;
 
 use std::time::Duration;
 
@@ -208,6 +210,16 @@ impl Engine {
             )
             .with_context(|| format!("frame {}", frame.seq))?;
         Ok(())
+    }
+
+    /// Times every node of the segmenter plan from now on (`maskd bench --profile`).
+    pub fn enable_profile(&mut self) {
+        self.seg.enable_profile();
+    }
+
+    /// The per-operator profile, when [`Engine::enable_profile`] was called.
+    pub fn profile(&self) -> Option<&profile::OpProfile> {
+        self.seg.profile()
     }
 
     /// Prompts currently run on each frame, in mask order.

@@ -24,6 +24,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::SparseKernel;
 use crate::engine::sparse::{self, SparseLayer, SparseReport};
+use crate::engine::upsample;
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,9 @@ pub struct PlanOptions {
     pub executor: Option<Executor>,
     /// How N:M layers run (`engine.sparse_kernel`).
     pub sparse_kernel: SparseKernel,
+    /// Keep tract's general `Resize` instead of [`upsample::Upsample2d`] (tests compare
+    /// the two on whole models).
+    pub tract_resize: bool,
 }
 
 impl Default for PlanOptions {
@@ -71,6 +75,7 @@ impl Default for PlanOptions {
             ignore_value_info: false,
             executor: None,
             sparse_kernel: crate::config::DEFAULT_SPARSE_KERNEL,
+            tract_resize: false,
         }
     }
 }
@@ -167,6 +172,11 @@ impl Plan {
                 sparse::mode_name(options.sparse_kernel)
             )
         })?;
+        if !options.tract_resize {
+            let n = upsample::apply(&mut typed)
+                .with_context(|| format!("{}: rewriting Resize nodes", shown.display()))?;
+            log::debug!("{}: {n} Resize nodes run as Upsample2d", shown.display());
+        }
         let typed = typed
             .into_optimized()
             .with_context(|| format!("{}: optimising the graph", shown.display()))?;

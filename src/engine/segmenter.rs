@@ -16,6 +16,7 @@ use tract_onnx::prelude::*;
 
 use crate::engine::manifest::Manifest;
 use crate::engine::plan::{output_f32, Dim, IoSpec, Plan, PlanOptions};
+use crate::engine::profile::OpProfile;
 
 #[derive(Debug)]
 pub struct Segmenter {
@@ -28,6 +29,8 @@ pub struct Segmenter {
     /// Prompts in `text` (rows).
     prompts: usize,
     outputs: TVec<TValue>,
+    /// Per-node timing, only under `maskd bench --profile`.
+    profile: Option<OpProfile>,
 }
 
 impl Segmenter {
@@ -75,6 +78,7 @@ impl Segmenter {
             mask_cells: mh * mw,
             prompts: 0,
             outputs: tvec!(),
+            profile: None,
         })
     }
 
@@ -129,11 +133,20 @@ impl Segmenter {
             TValue::from_const(self.image.clone()),
             TValue::from_const(self.text.clone())
         );
-        self.outputs = self
-            .state
-            .run(inputs)
-            .with_context(|| format!("{}: running", self.plan.shown.display()))?;
+        let run = match &mut self.profile {
+            None => self.state.run(inputs),
+            Some(profile) => profile.run(&mut self.state, inputs),
+        };
+        self.outputs = run.with_context(|| format!("{}: running", self.plan.shown.display()))?;
         Ok(())
+    }
+
+    pub fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(OpProfile::default);
+    }
+
+    pub fn profile(&self) -> Option<&OpProfile> {
+        self.profile.as_ref()
     }
 
     /// `(mask_logits [P * mask_h * mask_w], presence_logits [P])` of the last run.
@@ -259,12 +272,14 @@ pub(crate) mod tests {
         );
     }
 
-    /// The shipped 2:4 model: all 40 compressed layers run on the sparse kernel, and the
-    /// result equals the same graph decompressed to dense (the `sparse_kernel` fallback).
-    #[test]
-    fn shipped_two_four_model_runs_sparse_and_matches_its_dense_fallback() {
-        use crate::config::SparseKernel;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sparse24.toml");
+    /// `(mask logits, presence logits)` of a shipped model on the fixture image and three
+    /// fixed embeddings; `check` sees the loaded segmenter first.
+    fn run_shipped(
+        manifest: &str,
+        options: &PlanOptions,
+        check: impl FnOnce(&Segmenter),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
         let m = Manifest::load(&path).unwrap();
         let pre = Preprocessor::new(&m.image);
         let (w, h) = (m.image.width, m.image.height);
@@ -276,29 +291,70 @@ pub(crate) mod tests {
                     .collect()
             })
             .collect();
+        let mut seg = Segmenter::load(&m, options).unwrap();
+        check(&seg);
+        seg.write_image(|buf| pre.run(&frame(&rgb, w, h), buf))
+            .unwrap()
+            .unwrap();
+        seg.set_text(text.iter().map(Vec::as_slice)).unwrap();
+        seg.run().unwrap();
+        let (masks, scores) = seg.outputs().unwrap();
+        (masks.to_vec(), scores.to_vec())
+    }
+
+    fn max_diff(a: &(Vec<f32>, Vec<f32>), b: &(Vec<f32>, Vec<f32>)) -> f32 {
+        assert_eq!(a.0.len(), b.0.len());
+        a.0.iter()
+            .zip(&b.0)
+            .chain(a.1.iter().zip(&b.1))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
+    /// The shipped 2:4 model: all 40 compressed layers run on the sparse kernel, and the
+    /// result equals the same graph decompressed to dense (the `sparse_kernel` fallback).
+    #[test]
+    fn shipped_two_four_model_runs_sparse_and_matches_its_dense_fallback() {
+        use crate::config::SparseKernel;
         let mut results = Vec::new();
         for mode in [SparseKernel::Sparse, SparseKernel::Dense] {
             let options = PlanOptions::default().with_sparse_kernel(mode);
-            let mut seg = Segmenter::load(&m, &options).unwrap();
             let expected = if mode == SparseKernel::Sparse { 40 } else { 0 };
-            assert_eq!(seg.sparse().sparse.len(), expected, "{mode:?}");
-            seg.write_image(|buf| pre.run(&frame(&rgb, w, h), buf))
-                .unwrap()
-                .unwrap();
-            seg.set_text(text.iter().map(Vec::as_slice)).unwrap();
-            seg.run().unwrap();
-            let (masks, scores) = seg.outputs().unwrap();
-            results.push((masks.to_vec(), scores.to_vec()));
+            results.push(run_shipped("models/sparse24.toml", &options, |seg| {
+                assert_eq!(seg.sparse().sparse.len(), expected, "{mode:?}");
+            }));
         }
-        let worst = results[0]
-            .0
-            .iter()
-            .zip(&results[1].0)
-            .chain(results[0].1.iter().zip(&results[1].1))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(&results[0], &results[1]);
         assert!(worst < 1e-3, "sparse vs dense max |diff| {worst}");
         assert_eq!(results[0].0.len(), 3 * 56 * 56);
+    }
+
+    /// The default model's three decoder upsamples run as `Upsample2d` and give what
+    /// tract's general `Resize` gives.
+    #[test]
+    fn default_model_upsample_matches_tract_resize() {
+        let ops = |seg: &Segmenter, name: &str| {
+            seg.plan
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .filter(|n| n.op().name() == name)
+                .count()
+        };
+        let fast = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
+            assert_eq!(ops(seg, "Upsample2d"), 3);
+            assert_eq!(ops(seg, "Resize"), 0);
+        });
+        let options = PlanOptions {
+            tract_resize: true,
+            ..PlanOptions::default()
+        };
+        let slow = run_shipped("models/default.toml", &options, |seg| {
+            assert_eq!(ops(seg, "Upsample2d"), 0);
+        });
+        let worst = max_diff(&fast, &slow);
+        assert!(worst < 1e-4, "Upsample2d vs Resize max |diff| {worst}");
     }
 
     #[test]
