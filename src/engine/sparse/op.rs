@@ -38,6 +38,11 @@ impl NmMatMul {
         })
     }
 
+    /// The same weights with `bias` added to every output row (repacks them).
+    pub fn with_bias(&self, bias: Vec<f32>) -> Result<NmMatMul, SparseError> {
+        NmMatMul::new(self.layer.matrix.clone(), Some(bias))
+    }
+
     pub fn matrix(&self) -> &NmMatrix {
         &self.layer.matrix
     }

@@ -140,6 +140,8 @@ pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<Stri
             }
         }
     }
+    let folded = super::bias::fold(model)?;
+    log::debug!("{folded} bias additions folded into NmMatMul");
     Ok(dense)
 }
 
