@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// taken without it).
     #[arg(long)]
     pub profile: bool,
+    /// With --profile: a row per graph node instead of per operator kind.
+    #[arg(long, requires = "profile")]
+    pub per_node: bool,
     /// Internal: run one variant in this process and print its JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -199,6 +202,9 @@ fn run_child(
     if args.profile {
         cmd.arg("--profile");
     }
+    if args.per_node {
+        cmd.arg("--per-node");
+    }
     for p in &args.prompts {
         cmd.arg("--prompt").arg(p);
     }
@@ -266,7 +272,7 @@ fn run_variant(
         .map(|(after, before)| (after - before) as f64 / args.frames.max(1) as f64);
     let (rss_bytes, peak_rss_bytes) = rss();
     let profile = if args.profile {
-        engine.enable_profile();
+        engine.enable_profile(args.per_node);
         let mut frame_times = Vec::with_capacity(args.frames);
         for seq in 0..args.frames.max(1) as u64 {
             let start = Instant::now();
@@ -484,6 +490,7 @@ mod tests {
             rounds: 1,
             json: false,
             profile: false,
+            per_node: false,
             child: false,
         };
         assert_eq!(

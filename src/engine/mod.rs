@@ -212,9 +212,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Times every node of the segmenter plan from now on (`maskd bench --profile`).
-    pub fn enable_profile(&mut self) {
-        self.seg.enable_profile();
+    /// Times every node of the segmenter plan from now on (`maskd bench --profile`),
+    /// per operator kind or, `per_node`, per node.
+    pub fn enable_profile(&mut self, per_node: bool) {
+        self.seg.enable_profile(per_node);
     }
 
     /// The per-operator profile, when [`Engine::enable_profile`] was called.

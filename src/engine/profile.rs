@@ -16,6 +16,8 @@ use tract_onnx::prelude::*;
 pub struct OpProfile {
     by_op: BTreeMap<String, (Duration, u64)>,
     runs: u64,
+    /// One row per node (`op node-name`) instead of per operator kind.
+    per_node: bool,
 }
 
 /// One row of [`OpProfile::rows`].
@@ -31,6 +33,14 @@ pub struct OpRow {
 }
 
 impl OpProfile {
+    /// `per_node`: a row per graph node (named `op node-name`) rather than per op kind.
+    pub fn new(per_node: bool) -> OpProfile {
+        OpProfile {
+            per_node,
+            ..OpProfile::default()
+        }
+    }
+
     /// Runs `state` once on `inputs`, timing each node into this profile.
     pub fn run(
         &mut self,
@@ -38,10 +48,16 @@ impl OpProfile {
         inputs: TVec<TValue>,
     ) -> TractResult<TVec<TValue>> {
         let by_op = &mut self.by_op;
+        let per_node = self.per_node;
         let out = state.run_plan_with_eval(inputs, |ctx, op_state, node, input| {
             let start = Instant::now();
             let r = tract_core::plan::eval(ctx, op_state, node, input);
-            let slot = by_op.entry(node.op().name().to_string()).or_default();
+            let key = if per_node {
+                format!("{} {}", node.op().name(), node.name)
+            } else {
+                node.op().name().to_string()
+            };
+            let slot = by_op.entry(key).or_default();
             slot.0 += start.elapsed();
             slot.1 += 1;
             r

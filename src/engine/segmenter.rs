@@ -141,8 +141,8 @@ impl Segmenter {
         Ok(())
     }
 
-    pub fn enable_profile(&mut self) {
-        self.profile.get_or_insert_with(OpProfile::default);
+    pub fn enable_profile(&mut self, per_node: bool) {
+        self.profile.get_or_insert_with(|| OpProfile::new(per_node));
     }
 
     pub fn profile(&self) -> Option<&OpProfile> {
