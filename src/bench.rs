@@ -348,16 +348,26 @@ fn print_profiles(rows: &[VariantSummary]) {
             format!("{:?}", r.sparse_kernel).to_lowercase(),
             p.frame_ms
         );
+        // Rows under 0.5 % of the frame are summed into the plan total only.
+        let shown = |ms: f64| ms >= 0.005 * p.frame_ms;
+        let w = p
+            .ops
+            .iter()
+            .filter(|op| shown(op.ms_per_run))
+            .map(|op| op.op.len())
+            .max()
+            .unwrap_or(0)
+            .max(28);
         println!(
-            "  {:<28} {:>9} {:>8} {:>8}",
+            "  {:<w$} {:>9} {:>8} {:>8}",
             "operator", "ms/frame", "% frame", "nodes"
         );
         let mut in_plan = 0.0;
         for op in &p.ops {
             in_plan += op.ms_per_run;
-            if op.ms_per_run >= 0.05 * p.frame_ms / 10.0 {
+            if shown(op.ms_per_run) {
                 println!(
-                    "  {:<28} {:>9.2} {:>8.1} {:>8.0}",
+                    "  {:<w$} {:>9.2} {:>8.1} {:>8.0}",
                     op.op,
                     op.ms_per_run,
                     100.0 * op.ms_per_run / p.frame_ms.max(1e-9),
@@ -367,7 +377,7 @@ fn print_profiles(rows: &[VariantSummary]) {
         }
         let outside = (p.frame_ms - in_plan).max(0.0);
         println!(
-            "  {:<28} {:>9.2} {:>8.1}",
+            "  {:<w$} {:>9.2} {:>8.1}",
             "(outside the plan)",
             outside,
             100.0 * outside / p.frame_ms.max(1e-9)
