@@ -1,4 +1,8 @@
-"""Export a trained checkpoint to ONNX (opset 17, non-dynamo torch.onnx.export) into models/seg/.
+"""Export a trained checkpoint to ONNX (opset 20, non-dynamo torch.onnx.export) into models/seg/.
+
+Opset 20 has a `Gelu(approximate="tanh")` node, which tract runs as one fused op; opset 17
+spelled each GELU as 9 element-wise nodes, a quarter of a frame in tract (~30 of ~127 ms,
+`maskd bench --profile`). MASKD_OPSET=17 reproduces the older graphs.
 
 Graphs (all share ONE external weights file models/seg/weights.bin; identical initialisers
 are stored once, so the full model and the stages do not duplicate weights):
@@ -39,7 +43,7 @@ from model import (DEPTH, MEAN, SKIP_C, STD, WIDTH, SegBlock, SegDecoder, SegEmb
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "models")
 SEG = os.path.join(MODELS, "seg")
-OPSET = 17
+OPSET = int(os.environ.get("MASKD_OPSET", "20"))
 EXTERNAL_MIN_BYTES = 256  # smaller tensors (shape constants, scalars) stay inline
 
 

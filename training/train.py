@@ -211,6 +211,9 @@ def main():
     ap.add_argument("--resume", default="")
     ap.add_argument("--warm-restart", type=float, default=0.0,
                     help="after --resume with a fresh optimizer: linear LR warm-up over this many minutes")
+    ap.add_argument("--fresh-schedule", action="store_true",
+                    help="after --resume: keep weights, EMA and optimizer moments but run a new cosine "
+                         "schedule over --minutes (a second stage at a lower --lr)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -245,8 +248,11 @@ def main():
             print(f"init from {a.resume}: {len(missing)} tensors left at init, fresh schedule", flush=True)
         else:
             opt.load_state_dict(ck["opt"])
-        if not missing:  # same architecture: continue its schedule
+        if not missing and not a.fresh_schedule:  # same architecture: continue its schedule
             elapsed0, step = ck["elapsed"], ck["step"]
+        if a.fresh_schedule:
+            print(f"second stage from {a.resume} (step {ck['step']}): new {a.minutes:.0f}-min schedule, "
+                  f"peak lr {a.lr:.1e}", flush=True)
     t_start = time.time() - elapsed0
     last_ck = time.time()
     curve = open(os.path.join(WORK, "curve.tsv"), "a")
