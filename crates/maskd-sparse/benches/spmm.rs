@@ -83,10 +83,15 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 fn main() {
     let a = args();
-    let mut kinds: Vec<KernelKind> = [KernelKind::Avx512, KernelKind::Avx2, KernelKind::Neon]
-        .into_iter()
-        .filter(|k| k.check_available().is_ok())
-        .collect();
+    let mut kinds: Vec<KernelKind> = [
+        KernelKind::Avx512,
+        KernelKind::Avx2,
+        KernelKind::Avx2Tok,
+        KernelKind::Neon,
+    ]
+    .into_iter()
+    .filter(|k| k.check_available().is_ok())
+    .collect();
     if a.generic || kinds.is_empty() {
         kinds.push(KernelKind::Generic);
     }

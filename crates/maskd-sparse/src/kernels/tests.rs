@@ -245,6 +245,71 @@ kernel_suite!(avx2_kernel, M_DIVIDES_8, |m, b| build_for(
     m,
     b
 ));
+kernel_suite!(avx2tok_kernel, ANY_M, |m, b| build_for(
+    KernelKind::Avx2Tok,
+    m,
+    b
+));
+/// The token-SIMD AVX2 kernel cuts K into chunks of 128 inputs and N into groups
+/// of 256 columns whose partial sums stay on the stack; the shared suite's shapes
+/// fit one chunk and one group, so these go past both.
+mod avx2tok_large {
+    use super::*;
+
+    fn large_case() -> impl Strategy<Value = Case> {
+        (
+            proptest::sample::select(ANY_M),
+            1..110usize,
+            120..420usize,
+            1..300usize,
+        )
+            .prop_flat_map(|(m, t, k, n)| {
+                (
+                    (1..m).prop_map(move |pn| NmPattern::new(pn, m).unwrap()),
+                    Just((t, k, n)),
+                    values(k * n),
+                    proptest::collection::vec(-2.0f32..2.0, t * k),
+                    proptest::option::of(values(n)),
+                )
+            })
+            .prop_map(|(pattern, (t, k, n), w, x, bias)| Case {
+                pattern,
+                t,
+                k,
+                n,
+                w,
+                x,
+                bias,
+            })
+    }
+
+    fn build(m: &NmMatrix, bias: Option<&[f32]>) -> Option<PackedSpmm> {
+        build_for(KernelKind::Avx2Tok, m, bias)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn several_chunks_and_groups(c in large_case()) {
+            run_case(build, &c)?;
+        }
+    }
+
+    /// Two column groups (264 = 256 + 8), three K-chunks with a short one, row
+    /// blocks of every height, 1..=6 vectors (T = 49 runs as 32 + 24 rows).
+    #[test]
+    fn group_and_chunk_boundaries() {
+        for t in [1, 8, 9, 17, 33, 48, 49, 98, 196] {
+            run_case(build, &fixed(NmPattern::TWO_FOUR, t, 300, 264, true)).unwrap();
+        }
+        run_case(
+            build,
+            &fixed(NmPattern::new(3, 7).unwrap(), 41, 257, 263, false),
+        )
+        .unwrap();
+    }
+}
+
 kernel_suite!(avx512_kernel, M_DIVIDES_16, |m, b| build_for(
     KernelKind::Avx512,
     m,
@@ -264,7 +329,7 @@ fn knob_parsing() {
     let e = select_from(Some("sse9")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "unknown sparse kernel `sse9` (expected one of generic, avx2, avx512, neon)"
+        "unknown sparse kernel `sse9` (expected one of generic, avx2, avx2tok, avx512, neon)"
     );
     for kind in KernelKind::ALL {
         let got = select_from(Some(kind.name()));

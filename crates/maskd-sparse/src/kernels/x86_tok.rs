@@ -1,0 +1,355 @@
+//! x86-64 AVX2+FMA token-SIMD kernel: `avx2tok_spmm*_f32_48x2`.
+//!
+//! The column-SIMD AVX2 kernel (`x86.rs`) pays one `vpermilps` per useful FMA, and
+//! on Zen 3 that permute competes with the FMAs for the same pipes. Here SIMD runs
+//! across **tokens** instead, like the NEON kernel, so there is no permute at all:
+//!
+//! * Per block of up to 48 token rows (`ROWS`, 6 ymm vectors) and per K-chunk of at
+//!   most `KC_MAX` = 128 inputs, `x` is transposed once (8x8 AVX transposes) into a
+//!   24 KiB stack panel `panel[k][48]` that stays in L1 (a 192-input, 36 KiB panel
+//!   measured ~20 % slower). The stride is always 48 floats, so packed offsets do
+//!   not depend on the block height; lanes past the block are never read.
+//! * Weights are packed once, per K-chunk, per *octet* of 8 output columns, per
+//!   pair of columns: each kept slot of both columns as 3 u32s, `[value0, value1,
+//!   offset0 | offset1 << 16]` with the byte offsets of the slots' panel rows. Both
+//!   columns of a pair keep `groups * N` slots per chunk, so only slots past `K`
+//!   and columns past `N` are padding (weight 0, offset 0).
+//! * Micro-kernel, `B` vectors (8B tokens) x 2 columns = up to 12 accumulators:
+//!   per slot and column, one `vbroadcastss` of the weight and `B` FMAs that take
+//!   their panel input straight from memory: (1 + B)/B vector loads per FMA plus
+//!   one scalar load per slot pair, no shuffle.
+//! * Accumulators start from the bias (first chunk) or from a stack scratch of
+//!   column-major partial sums (later chunks), which holds a group of 256 columns;
+//!   round trips through row-major `y` instead cost ~30 % at K = 192. After the
+//!   last chunk an octet leaves the scratch with 8x8 transposes into row-major `y`.
+//! * Rows are split into blocks of balanced height (`T = 49` runs as 32 + 24 rows
+//!   rather than 48 + 8), each block with its own `B` (1..=6).
+//!
+//! Any N:M pattern works. Each output is accumulated in ascending `k` with one FMA
+//! per kept weight, independently of how rows are blocked, so `run_parallel` gives
+//! the same bits as `run`. Stack use: 72 KiB (panel and scratch, uninitialised).
+
+// Kernel loops index several arrays (accumulators, vectors, columns) by the same
+// counter; explicit indices read better here than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use crate::NmMatrix;
+
+/// Most token rows per block, and the panel stride in floats.
+pub(crate) const ROWS: usize = 48;
+/// Vectors of 8 tokens per block at most.
+const VECS: usize = ROWS / 8;
+/// Output columns per micro-kernel (2 x 6 accumulators + 1 weight of 16 ymm).
+pub(crate) const COLS: usize = 2;
+/// Columns per write-back block: one 8x8 transpose wide.
+const OCT: usize = 8;
+/// u32s per slot of a column pair: both values, then both panel offsets as u16s
+/// (one scalar load for two offsets: the loop is bound by loads, not ALU ops).
+const SLOT: usize = 3;
+/// Largest K-chunk: the panel (`KC_MAX * ROWS` floats, 24 KiB) stays in a 32 KiB L1d.
+const KC_MAX: usize = 128;
+/// Octets per column group: partial sums of a group stay in a stack scratch of
+/// `GROUP_OCT * 8 * ROWS` floats (48 KiB) across K-chunks, instead of round trips
+/// through row-major `y` (measured ~30 % slower for K = 192 in 2 chunks).
+const GROUP_OCT: usize = 32;
+
+/// Panel byte offsets are packed as u16 pairs, and a slot holds exactly 2 columns.
+const _OFFSETS_FIT: () = assert!(KC_MAX * ROWS * 4 <= 1 << 16 && COLS == 2);
+
+#[derive(Clone)]
+pub(crate) struct Packed {
+    k: usize,
+    n: usize,
+    /// K-chunk length, a multiple of `M`.
+    kc: usize,
+    nkc: usize,
+    /// Octets of columns: `ceil(n / 8)`.
+    noct: usize,
+    /// Slots per column in each chunk.
+    slots: Vec<usize>,
+    /// Start (in u32s) of chunk `c`, octet `o` at `c * noct + o`.
+    starts: Vec<usize>,
+    /// Per pair and slot: both value bits, then both panel byte offsets as u16s.
+    data: Vec<u32>,
+    /// Bias padded to `noct * 8`.
+    bias: Vec<f32>,
+}
+
+impl Packed {
+    pub(crate) fn new(m: &NmMatrix, bias: Option<&[f32]>) -> Packed {
+        let p = m.pattern();
+        let (k, n) = (m.k(), m.n());
+        let gpc = KC_MAX / p.m(); // groups per chunk
+        let kc = gpc * p.m();
+        let nkc = k.div_ceil(kc);
+        let noct = n.div_ceil(OCT);
+        let slots: Vec<usize> = (0..nkc)
+            .map(|c| gpc.min(m.groups() - c * gpc) * p.n())
+            .collect();
+        let total: usize = slots.iter().sum();
+        let mut data = Vec::with_capacity(total * noct * OCT / COLS * SLOT);
+        let mut starts = Vec::with_capacity(nkc * noct);
+        // One column's (value, offset) list for the current chunk.
+        let column = |c: usize, col: usize, out: &mut Vec<(f32, u32)>| {
+            out.clear();
+            let (k0, g0) = (c * kc, c * gpc);
+            for g in g0..(g0 + gpc).min(m.groups()) {
+                for s in 0..p.n() {
+                    let row = if col < n {
+                        g * p.m() + m.index(g, s, col)
+                    } else {
+                        k
+                    };
+                    if row < k {
+                        let off = (row - k0) * ROWS * 4; // < 2^16, see _OFFSETS_FIT
+                        out.push((m.value(g, s, col), off as u32));
+                    } else {
+                        out.push((0.0, 0)); // missing column or tail padding: weight 0
+                    }
+                }
+            }
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for c in 0..nkc {
+            for o in 0..noct {
+                starts.push(data.len());
+                for pr in 0..OCT / COLS {
+                    let col = o * OCT + pr * COLS;
+                    column(c, col, &mut a);
+                    column(c, col + 1, &mut b);
+                    for ((va, oa), (vb, ob)) in a.iter().zip(&b) {
+                        data.extend([va.to_bits(), vb.to_bits(), oa | ob << 16]);
+                    }
+                }
+            }
+        }
+        let mut padded = vec![0.0; noct * OCT];
+        if let Some(b) = bias {
+            padded[..n].copy_from_slice(b);
+        }
+        Packed {
+            k,
+            n,
+            kc,
+            nkc,
+            noct,
+            slots,
+            starts,
+            data,
+            bias: padded,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        4 * (self.data.len() + self.bias.len()) + 8 * (self.starts.len() + self.slots.len())
+    }
+}
+
+#[repr(C, align(64))]
+struct Panel([f32; KC_MAX * ROWS]);
+
+/// Column-major partial sums of one column group: `sc[col][token]`.
+#[repr(C, align(64))]
+struct Scratch([[f32; ROWS]; GROUP_OCT * OCT]);
+
+/// In-register 8x8 transpose: row `i` of the result is lane `i` of every input.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+/// `y[t, n] = x[t, k] · W + bias`, row-major and contiguous.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `x` holds `t * p.k` floats and `y` holds `t * p.n`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
+    // Left uninitialised (zeroing 72 KiB per call showed up at T = 49): the panel
+    // is only read at rows < kl and lanes < 8B, which `fill_panel` wrote, and the
+    // scratch only at columns and lanes the previous K-chunk stored.
+    let mut panel = MaybeUninit::<Panel>::uninit();
+    let mut sc = MaybeUninit::<Scratch>::uninit();
+    let (pp, sp) = (
+        panel.as_mut_ptr().cast::<f32>(),
+        sc.as_mut_ptr().cast::<f32>(),
+    );
+    let nvec = t.div_ceil(8);
+    let nblk = nvec.div_ceil(VECS);
+    let (mut r0, mut done) = (0, 0);
+    for blk in 0..nblk {
+        // Spread the vectors evenly, so a small row tail is not a block of its own.
+        let v = (nvec - done).div_ceil(nblk - blk);
+        let rows = (v * 8).min(t - r0);
+        let blk = Block { r0, rows, x, y };
+        // SAFETY: rows r0..r0 + rows <= t; the other contracts are `run`'s.
+        match v {
+            1 => block::<1>(p, &blk, pp, sp),
+            2 => block::<2>(p, &blk, pp, sp),
+            3 => block::<3>(p, &blk, pp, sp),
+            4 => block::<4>(p, &blk, pp, sp),
+            5 => block::<5>(p, &blk, pp, sp),
+            _ => block::<6>(p, &blk, pp, sp),
+        }
+        r0 += rows;
+        done += v;
+    }
+}
+
+/// One block of rows: `x` and `y` are the whole matrices, rows `r0..r0 + rows`.
+struct Block {
+    r0: usize,
+    rows: usize,
+    x: *const f32,
+    y: *mut f32,
+}
+
+/// A block of `rows <= 8B` token rows, all K-chunks, all columns.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut f32) {
+    let (k, n) = (p.k, p.n);
+    for g0 in (0..p.noct).step_by(GROUP_OCT) {
+        for c in 0..p.nkc {
+            let k0 = c * p.kc;
+            let kl = p.kc.min(k - k0);
+            if p.nkc > 1 || g0 == 0 {
+                fill_panel::<B>(blk, k, k0, kl, pp);
+            }
+            let pb = pp.cast_const().cast::<u8>();
+            let slots = p.slots[c];
+            for o in g0..p.noct.min(g0 + GROUP_OCT) {
+                let col = o * OCT;
+                let cols = OCT.min(n - col);
+                let so = (o - g0) * OCT;
+                let mut wp = p.data.as_ptr().add(p.starts[c * p.noct + o]);
+                for pr in 0..cols.div_ceil(COLS) {
+                    let sj = so + pr * COLS;
+                    let mut acc = [[_mm256_setzero_ps(); B]; COLS];
+                    for j in 0..COLS {
+                        for b in 0..B {
+                            acc[j][b] = if c == 0 {
+                                _mm256_set1_ps(p.bias[col + pr * COLS + j])
+                            } else {
+                                _mm256_load_ps(sp.add((sj + j) * ROWS + 8 * b))
+                            };
+                        }
+                    }
+                    for _ in 0..slots {
+                        // SAFETY: a slot is SLOT u32s; its offsets name panel rows < kl
+                        // (or row 0 with weight 0), so 8B floats from there are in
+                        // the panel, 32-byte aligned (the stride is 192 bytes).
+                        for j in 0..COLS {
+                            let w = _mm256_broadcast_ss(&*wp.add(j).cast::<f32>());
+                            let off = (*wp.add(2) >> (16 * j)) & 0xFFFF;
+                            let xp = pb.add(off as usize).cast::<f32>();
+                            for b in 0..B {
+                                let xv = _mm256_load_ps(xp.add(8 * b));
+                                acc[j][b] = _mm256_fmadd_ps(w, xv, acc[j][b]);
+                            }
+                        }
+                        wp = wp.add(SLOT);
+                    }
+                    for j in 0..COLS {
+                        for b in 0..B {
+                            _mm256_store_ps(sp.add((sj + j) * ROWS + 8 * b), acc[j][b]);
+                        }
+                    }
+                }
+                if c + 1 == p.nkc {
+                    octet_out::<B>(blk, n, col, cols, sp.add(so * ROWS));
+                }
+            }
+        }
+    }
+}
+
+/// Transposes rows `r0..r0 + rows`, inputs `k0..k0 + kl` of `x` into `panel[kk][i]`;
+/// lanes of rows past the block's end are zero.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_panel<const B: usize>(blk: &Block, k: usize, k0: usize, kl: usize, pp: *mut f32) {
+    for b in 0..B {
+        let i0 = 8 * b;
+        // SAFETY: only rows r0 + i < r0 + rows <= t and inputs k0 + kk < k are read;
+        // panel rows kk < kl <= KC_MAX, lanes < 8B <= ROWS are written.
+        let xr = |i: usize| blk.x.add((blk.r0 + i0 + i) * k + k0);
+        let mut kk = 0;
+        if i0 + 8 <= blk.rows {
+            while kk + 8 <= kl {
+                let r = std::array::from_fn(|i| _mm256_loadu_ps(xr(i).add(kk)));
+                for (j, v) in transpose8(r).into_iter().enumerate() {
+                    _mm256_store_ps(pp.add((kk + j) * ROWS + i0), v);
+                }
+                kk += 8;
+            }
+        }
+        for kk in kk..kl {
+            for i in 0..8 {
+                *pp.add(kk * ROWS + i0 + i) = if i0 + i < blk.rows {
+                    *xr(i).add(kk)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// Writes one octet of results (`sc[j][i]`: column `col + j`, row `r0 + i`) to
+/// row-major `y`; only `rows x cols` are touched.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn octet_out<const B: usize>(
+    blk: &Block,
+    n: usize,
+    col: usize,
+    cols: usize,
+    sc: *const f32,
+) {
+    for b in 0..B {
+        let i0 = 8 * b;
+        // SAFETY: rows r0 + i0 + i < r0 + rows <= t, columns col + j < n.
+        let yr = |i: usize| blk.y.add((blk.r0 + i0 + i) * n + col);
+        if cols == OCT && i0 + 8 <= blk.rows {
+            let r = std::array::from_fn(|j| _mm256_load_ps(sc.add(j * ROWS + i0)));
+            for (i, v) in transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(yr(i), v);
+            }
+        } else {
+            for i in 0..8.min(blk.rows.saturating_sub(i0)) {
+                for j in 0..cols {
+                    *yr(i).add(j) = *sc.add(j * ROWS + i0 + i);
+                }
+            }
+        }
+    }
+}
