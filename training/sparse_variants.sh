@@ -21,10 +21,14 @@ wait
 THR=$(sed -n 's/^score_threshold *= *\([0-9.]*\).*/\1/p' models/default.toml)
 for mode in magnitude finetune maskllm; do
   "$PY" training/export.py --score-threshold "$THR" --ckpt "$CK/${mode}24.pt" --out "models/v24_${mode}/seg" --manifest "v24_${mode}.toml" \
-    > "training/work/export_${mode}24.log" 2>&1
+    > "training/work/export_${mode}24.log" 2>&1 &
 done
-for m in default v24_magnitude v24_finetune v24_maskllm; do
-  "$MASKD" eval --manifest "models/$m.toml" --json > "training/work/eval_$m.json"
+wait
+for pair in "default v24_magnitude" "v24_finetune v24_maskllm"; do
+  for m in $pair; do
+    "$MASKD" eval --manifest "models/$m.toml" --json > "training/work/eval_$m.json" &
+  done
+  wait
 done
 grep -h "val mIoU" training/work/*24.log
 for m in default v24_magnitude v24_finetune v24_maskllm; do
