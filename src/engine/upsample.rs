@@ -273,10 +273,14 @@ mod tests {
     use proptest::prelude::*;
     use tract_core::ops::nn::resize::Nearest;
 
-    /// tract's own Resize on `x`, scales `[1, 1, sy, sx]`.
-    fn tract_resize(x: &Tensor, scale: (usize, usize), coords: CoordTransformer) -> Tensor {
+    /// A graph of one tract `Resize` (linear, `coords`) of `shape` by `[1, 1, sy, sx]`.
+    fn resize_model(
+        shape: &[usize],
+        scale: (usize, usize),
+        coords: CoordTransformer,
+    ) -> TypedModel {
         let mut model = TypedModel::default();
-        let src = model.add_source("x", f32::fact(x.shape())).expect("source");
+        let src = model.add_source("x", f32::fact(shape)).expect("source");
         let scales = model
             .add_const(
                 "scales",
@@ -292,14 +296,10 @@ mod tests {
         };
         let y = model.wire_node("resize", op, &[src, scales]).expect("wire");
         model.select_output_outlets(&y).expect("outputs");
-        run(model, x, |m| m)
+        model
     }
 
-    fn run(
-        model: TypedModel,
-        x: &Tensor,
-        rewrite: impl FnOnce(&mut TypedModel) -> &mut TypedModel,
-    ) -> Tensor {
+    fn run(model: TypedModel, x: &Tensor, rewrite: impl FnOnce(&mut TypedModel)) -> Tensor {
         let mut model = model.into_decluttered().expect("declutter");
         rewrite(&mut model);
         let plan = model.into_runnable().expect("plan");
@@ -342,25 +342,8 @@ mod tests {
             CoordTransformer::PytorchHalfPixel,
         ] {
             let x = input(n, c, h, w, (h * 31 + w) as u32);
-            let want = tract_resize(&x, scale, coords.clone());
-            let op_coords = coords.clone();
-            let mut model = TypedModel::default();
-            let src = model.add_source("x", f32::fact(x.shape())).expect("source");
-            let scales = model
-                .add_const(
-                    "scales",
-                    tensor1(&[1f32, 1., scale.0 as f32, scale.1 as f32]),
-                )
-                .expect("const");
-            let op = Resize {
-                coord_transformer: op_coords,
-                interpolator: Interpolator::Linear,
-                nearest: Nearest::Floor,
-                optional_scales_input: Some(1),
-                optional_sizes_input: None,
-            };
-            let y = model.wire_node("resize", op, &[src, scales]).expect("wire");
-            model.select_output_outlets(&y).expect("outputs");
+            let want = run(resize_model(x.shape(), scale, coords.clone()), &x, |_| ());
+            let model = resize_model(x.shape(), scale, coords.clone());
             // PyTorch's variant maps a length-1 output elsewhere: left to tract.
             let rewritable = !(coords == CoordTransformer::PytorchHalfPixel
                 && (h * scale.0 == 1 || w * scale.1 == 1));
@@ -372,7 +355,6 @@ mod tests {
                     .count();
                 let done = apply(m).expect("apply");
                 assert_eq!(done, if rewritable { before } else { 0 });
-                m
             });
             assert_close(&got, &want);
         }

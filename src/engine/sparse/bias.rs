@@ -16,10 +16,7 @@ use super::op::NmMatMul;
 pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     for id in model.eval_order()? {
-        let Some((add_id, bias)) = foldable(model, id)? else {
-            continue;
-        };
-        let Some(op) = model.node(id).op_as::<NmMatMul>() else {
+        let Some((op, add_id, bias)) = foldable(model, id)? else {
             continue;
         };
         let with_bias = op.with_bias(bias)?;
@@ -36,9 +33,9 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     Ok(folded)
 }
 
-/// `(the Add node, the bias)` when node `id` is a bias-less `NmMatMul` followed only by
-/// an `Add` of a constant that broadcasts along the last axis alone.
-fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(usize, Vec<f32>)>> {
+/// `(the op, the Add node, the bias)` when node `id` is a bias-less `NmMatMul` followed
+/// only by an `Add` of a constant that broadcasts along the last axis alone.
+fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usize, Vec<f32>)>> {
     let node = model.node(id);
     let Some(op) = node.op_as::<NmMatMul>() else {
         return Ok(None);
@@ -72,7 +69,7 @@ fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(usize, Vec<f32
         return Ok(None);
     }
     let bias = konst.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    Ok(Some((add_id, bias)))
+    Ok(Some((op, add_id, bias)))
 }
 
 #[cfg(test)]

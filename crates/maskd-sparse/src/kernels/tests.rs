@@ -86,8 +86,18 @@ struct Case {
 
 /// Shapes are biased towards small and boundary values; `ms` lists allowed M.
 fn case(ms: &'static [usize]) -> impl Strategy<Value = Case> {
-    let dim = |max: usize| prop_oneof![1 => Just(1usize), 4 => 1..max];
-    (proptest::sample::select(ms), dim(30), dim(80), dim(70))
+    let dim = |max: usize| prop_oneof![1 => Just(1usize), 4 => 1..max].boxed();
+    case_in(ms, dim(30), dim(80), dim(70))
+}
+
+/// A case with `M` from `ms` and `T`, `K`, `N` drawn from the given strategies.
+fn case_in(
+    ms: &'static [usize],
+    t: BoxedStrategy<usize>,
+    k: BoxedStrategy<usize>,
+    n: BoxedStrategy<usize>,
+) -> impl Strategy<Value = Case> {
+    (proptest::sample::select(ms), t, k, n)
         .prop_flat_map(|(m, t, k, n)| {
             (
                 (1..m).prop_map(move |pn| NmPattern::new(pn, m).unwrap()),
@@ -257,30 +267,12 @@ mod avx2tok_large {
     use super::*;
 
     fn large_case() -> impl Strategy<Value = Case> {
-        (
-            proptest::sample::select(ANY_M),
-            1..110usize,
-            120..420usize,
-            1..300usize,
+        case_in(
+            ANY_M,
+            (1..110usize).boxed(),
+            (120..420usize).boxed(),
+            (1..300usize).boxed(),
         )
-            .prop_flat_map(|(m, t, k, n)| {
-                (
-                    (1..m).prop_map(move |pn| NmPattern::new(pn, m).unwrap()),
-                    Just((t, k, n)),
-                    values(k * n),
-                    proptest::collection::vec(-2.0f32..2.0, t * k),
-                    proptest::option::of(values(n)),
-                )
-            })
-            .prop_map(|(pattern, (t, k, n), w, x, bias)| Case {
-                pattern,
-                t,
-                k,
-                n,
-                w,
-                x,
-                bias,
-            })
     }
 
     fn build(m: &NmMatrix, bias: Option<&[f32]>) -> Option<PackedSpmm> {
