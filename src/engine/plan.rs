@@ -24,7 +24,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::SparseKernel;
 use crate::engine::sparse::{self, SparseLayer, SparseReport};
-use crate::engine::upsample;
+use crate::engine::{attention, upsample};
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,9 @@ pub struct PlanOptions {
     /// Keep tract's general `Resize` instead of [`upsample::Upsample2d`] (tests compare
     /// the two on whole models).
     pub tract_resize: bool,
+    /// Keep tract's attention subgraphs instead of [`attention::Attention`] (tests
+    /// compare the two on whole models).
+    pub tract_attention: bool,
 }
 
 impl Default for PlanOptions {
@@ -76,6 +79,7 @@ impl Default for PlanOptions {
             executor: None,
             sparse_kernel: crate::config::DEFAULT_SPARSE_KERNEL,
             tract_resize: false,
+            tract_attention: false,
         }
     }
 }
@@ -176,6 +180,11 @@ impl Plan {
             let n = upsample::apply(&mut typed)
                 .with_context(|| format!("{}: rewriting Resize nodes", shown.display()))?;
             log::debug!("{}: {n} Resize nodes run as Upsample2d", shown.display());
+        }
+        if !options.tract_attention {
+            let n = attention::apply(&mut typed)
+                .with_context(|| format!("{}: fusing attention", shown.display()))?;
+            log::debug!("{}: {n} attention subgraphs fused", shown.display());
         }
         let typed = typed
             .into_optimized()

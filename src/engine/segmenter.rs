@@ -357,6 +357,38 @@ pub(crate) mod tests {
         assert!(worst < 1e-4, "Upsample2d vs Resize max |diff| {worst}");
     }
 
+    /// The default model's ten attentions (8 encoder blocks, 2 decoder blocks over every
+    /// prompt) run fused on CPUs with a kernel, and give what tract's nodes give.
+    #[test]
+    fn default_model_attention_matches_tract() {
+        let count = |seg: &Segmenter| {
+            seg.plan
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .filter(|n| n.op().name() == "Attention")
+                .count()
+        };
+        let expect = if crate::engine::attention::kernel::Kind::best().is_some() {
+            10
+        } else {
+            0
+        };
+        let fused = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
+            assert_eq!(count(seg), expect);
+        });
+        let options = PlanOptions {
+            tract_attention: true,
+            ..PlanOptions::default()
+        };
+        let tract = run_shipped("models/default.toml", &options, |seg| {
+            assert_eq!(count(seg), 0);
+        });
+        let worst = max_diff(&fused, &tract);
+        assert!(worst < 1e-4, "Attention vs tract max |diff| {worst}");
+    }
+
     #[test]
     fn zero_prompts_is_refused() {
         let m = fixture_manifest();
