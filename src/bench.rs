@@ -21,6 +21,7 @@ use crate::masks::MaskSet;
 use crate::source::FrameView;
 
 pub mod alloc;
+pub mod interleave;
 
 /// Arguments of `maskd bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +62,10 @@ pub struct BenchArgs {
     /// With --profile: a row per graph node instead of per operator kind.
     #[arg(long, requires = "profile")]
     pub per_node: bool,
+    /// Load every variant in this process and alternate frames between them: tighter
+    /// speed ratios on a machine whose speed drifts, no per-variant memory figures.
+    #[arg(long, conflicts_with = "profile")]
+    pub interleave: bool,
     /// Internal: run one variant in this process and print its JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -142,10 +147,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let kernels = kernels_per_variant(args)?;
+    if args.interleave {
+        let rows = interleave::run(args, &kernels)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            interleave::print(args, &rows);
+        }
+        return Ok(());
+    }
     let exe = std::env::current_exe().context("finding the maskd executable")?;
     let mut rounds: Vec<Vec<RoundResult>> = vec![Vec::new(); args.manifests.len()];
     for round in 0..args.rounds.max(1) {
-        for (i, manifest) in args.manifests.iter().enumerate() {
+        // Odd rounds run the variants in reverse, so neither always goes first.
+        let mut order: Vec<usize> = (0..args.manifests.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let manifest = &args.manifests[i];
             eprintln!(
                 "bench: round {}/{} {} ({:?})",
                 round + 1,
@@ -223,69 +243,94 @@ fn run_child(
     serde_json::from_str(line).with_context(|| format!("bench child printed {line:?}"))
 }
 
+/// A variant loaded in this process, prompts encoded, fed a still image.
+pub(crate) struct Loaded {
+    engine: Engine,
+    image: image::RgbImage,
+    source: (u32, u32),
+    masks: MaskSet,
+    load_s: f64,
+}
+
+impl Loaded {
+    /// Loads `manifest`, encodes the prompts and runs 3 warm-up frames.
+    pub(crate) fn new(
+        args: &BenchArgs,
+        manifest: &Path,
+        kernel: KernelArg,
+    ) -> anyhow::Result<Loaded> {
+        let load_start = Instant::now();
+        let cfg = EngineConfig {
+            manifest: manifest.to_owned(),
+            threads: args.threads.max(1),
+            sparse_kernel: kernel.into(),
+        };
+        let prompts = PromptsConfig {
+            text: args.prompts.clone(),
+            mask_threshold: None,
+            score_threshold: None,
+            max_prompts: DEFAULT_MAX_PROMPTS.max(args.prompts.len()),
+        };
+        let mut engine = Engine::load(&cfg, &prompts)?;
+        if !engine.wait_for_prompts(Duration::from_secs(120)) {
+            bail!("the prompts were not encoded within 120 s");
+        }
+        let load_s = load_start.elapsed().as_secs_f64();
+        let (w, h) = engine.input_size();
+        let image = image::open(&args.image)
+            .with_context(|| format!("--image {}", args.image.display()))?
+            .to_rgb8();
+        let source = (image.width(), image.height());
+        let image = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
+        let mut loaded = Loaded {
+            engine,
+            image,
+            source,
+            masks: MaskSet::default(),
+            load_s,
+        };
+        for seq in 0..3 {
+            loaded.frame(seq)?;
+        }
+        Ok(loaded)
+    }
+
+    /// One frame of the daemon's per-frame work; returns its wall time in ms.
+    pub(crate) fn frame(&mut self, seq: u64) -> anyhow::Result<f64> {
+        let (w, h) = (self.image.width(), self.image.height());
+        let view = FrameView::still(seq, self.image.as_raw(), w, h, self.source);
+        let start = Instant::now();
+        self.engine
+            .infer_sized(&view, (160, 120), &mut self.masks)?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
 /// One variant in this process: load, encode prompts, warm up, time `frames` frames.
 fn run_variant(
     args: &BenchArgs,
     manifest: &Path,
     kernel: KernelArg,
 ) -> anyhow::Result<RoundResult> {
-    let load_start = Instant::now();
-    let cfg = EngineConfig {
-        manifest: manifest.to_owned(),
-        threads: args.threads.max(1),
-        sparse_kernel: kernel.into(),
-    };
-    let prompts = PromptsConfig {
-        text: args.prompts.clone(),
-        mask_threshold: None,
-        score_threshold: None,
-        max_prompts: DEFAULT_MAX_PROMPTS.max(args.prompts.len()),
-    };
-    let mut engine = Engine::load(&cfg, &prompts)?;
-    if !engine.wait_for_prompts(Duration::from_secs(120)) {
-        bail!("the prompts were not encoded within 120 s");
-    }
-    let load_s = load_start.elapsed().as_secs_f64();
-    let (w, h) = engine.input_size();
-    let image = image::open(&args.image)
-        .with_context(|| format!("--image {}", args.image.display()))?
-        .to_rgb8();
-    let source = (image.width(), image.height());
-    let image = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
-    let mut masks = MaskSet::default();
-    let mut frame = |seq: u64, masks: &mut MaskSet| {
-        let view = FrameView::still(seq, image.as_raw(), w, h, source);
-        engine.infer_sized(&view, (160, 120), masks)
-    };
-    for seq in 0..3 {
-        frame(seq, &mut masks)?;
-    }
+    let mut v = Loaded::new(args, manifest, kernel)?;
     let mut times = Vec::with_capacity(args.frames);
     let allocs_before = alloc::count();
     for seq in 0..args.frames.max(1) as u64 {
-        let start = Instant::now();
-        frame(3 + seq, &mut masks)?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        times.push(v.frame(3 + seq)?);
     }
     let allocs = alloc::count()
         .zip(allocs_before)
         .map(|(after, before)| (after - before) as f64 / args.frames.max(1) as f64);
     let (rss_bytes, peak_rss_bytes) = rss();
     let profile = if args.profile {
-        engine.enable_profile(args.per_node);
+        v.engine.enable_profile(args.per_node);
         let mut frame_times = Vec::with_capacity(args.frames);
         for seq in 0..args.frames.max(1) as u64 {
-            let start = Instant::now();
-            engine.infer_sized(
-                &FrameView::still(1000 + seq, image.as_raw(), w, h, source),
-                (160, 120),
-                &mut masks,
-            )?;
-            frame_times.push(start.elapsed().as_secs_f64() * 1e3);
+            frame_times.push(v.frame(1000 + seq)?);
         }
         Some(ProfileResult {
             frame_ms: percentile(&mut frame_times, 0.5),
-            ops: engine.profile().map(|p| p.rows()).unwrap_or_default(),
+            ops: v.engine.profile().map(|p| p.rows()).unwrap_or_default(),
         })
     } else {
         None
@@ -296,7 +341,7 @@ fn run_variant(
         allocs_per_frame: allocs,
         rss_bytes,
         peak_rss_bytes,
-        load_s,
+        load_s: v.load_s,
         profile,
     })
 }
@@ -326,13 +371,33 @@ fn summarise(
             rounds,
         });
     }
-    if let Some((base_fps, base_bytes)) = out.first().map(|b| (b.fps, b.model_bytes)) {
+    if let Some((base_ms, base_bytes)) = out.first().map(|b| (round_ms(b), b.model_bytes)) {
         for v in &mut out {
-            v.fps_ratio = v.fps / base_fps.max(1e-9);
+            v.fps_ratio = paired_ratio(&base_ms, &round_ms(v));
             v.model_bytes_ratio = v.model_bytes as f64 / (base_bytes.max(1)) as f64;
         }
     }
     Ok(out)
+}
+
+fn round_ms(v: &VariantSummary) -> Vec<f64> {
+    v.rounds.iter().map(|r| r.median_ms).collect()
+}
+
+/// Speed of `variant` relative to `base`: the median over rounds of the two variants'
+/// ratio in that round. Rounds run the variants back to back, so a shift of the shared
+/// machine's speed between rounds (seen here as bimodal round medians, ±30 %) cancels
+/// within each pair instead of landing on whichever variant it happened to hit.
+fn paired_ratio(base: &[f64], variant: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = base
+        .iter()
+        .zip(variant)
+        .map(|(b, v)| b / v.max(1e-9))
+        .collect();
+    if ratios.is_empty() {
+        return 1.0;
+    }
+    percentile(&mut ratios, 0.5)
 }
 
 /// `--profile`: for each variant, its operators' time per frame (last round), largest
@@ -387,7 +452,7 @@ fn print_profiles(rows: &[VariantSummary]) {
 
 fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
     println!(
-        "{} frames x {} rounds, {} thread(s), {} prompt(s); medians; ratios vs the first row",
+        "{} frames x {} rounds, {} thread(s), {} prompt(s); medians; x fps: median of per-round ratios vs the first row",
         args.frames,
         args.rounds.max(1),
         args.threads.max(1),
@@ -474,6 +539,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ratio_pairs_rounds() {
+        // A slow machine state in rounds 2 and 3 hits both variants: the paired ratio
+        // stays 2, the ratio of the two medians would not.
+        let base = [100.0, 200.0, 200.0, 100.0, 100.0];
+        let fast = [50.0, 100.0, 100.0, 50.0, 100.0];
+        assert_eq!(paired_ratio(&base, &fast), 2.0);
+        assert_eq!(paired_ratio(&[], &[]), 1.0);
+    }
+
+    #[test]
     fn percentile_is_nearest_rank() {
         let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
         assert_eq!(percentile(&mut v, 0.5), 3.0);
@@ -501,6 +576,7 @@ mod tests {
             json: false,
             profile: false,
             per_node: false,
+            interleave: false,
             child: false,
         };
         assert_eq!(

@@ -10,6 +10,7 @@
 //! Leaves out: sockets, pipelines, encoding masks for the wire.
 
 pub mod attention;
+pub mod gelu;
 pub mod manifest;
 pub mod plan;
 pub mod postprocess;

@@ -24,7 +24,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::SparseKernel;
 use crate::engine::sparse::{self, SparseLayer, SparseReport};
-use crate::engine::{attention, upsample};
+use crate::engine::{attention, gelu, upsample};
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +67,8 @@ pub struct PlanOptions {
     /// Keep tract's general `Resize` instead of [`upsample::Upsample2d`] (tests compare
     /// the two on whole models).
     pub tract_resize: bool,
-    /// Keep tract's attention subgraphs instead of [`attention::Attention`] (tests
-    /// compare the two on whole models).
+    /// Keep tract's attention subgraphs and GELU instead of [`attention::Attention`]
+    /// and [`gelu::FastGelu`] (tests compare the two on whole models).
     pub tract_attention: bool,
 }
 
@@ -185,6 +185,9 @@ impl Plan {
             let n = attention::apply(&mut typed)
                 .with_context(|| format!("{}: fusing attention", shown.display()))?;
             log::debug!("{}: {n} attention subgraphs fused", shown.display());
+            let n = gelu::apply(&mut typed)
+                .with_context(|| format!("{}: rewriting GELU", shown.display()))?;
+            log::debug!("{}: {n} GELU nodes on SIMD", shown.display());
         }
         let typed = typed
             .into_optimized()

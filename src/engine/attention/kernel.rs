@@ -99,7 +99,10 @@ pub fn attend_rows(
         qkv.len() >= g.rows() * g.qkv_row(),
         "qkv shorter than geometry"
     );
-    assert!(out.len().is_multiple_of(g.out_row().max(1)), "partial output row");
+    assert!(
+        out.len().is_multiple_of(g.out_row().max(1)),
+        "partial output row"
+    );
     assert!(
         row0 + out.len() / g.out_row().max(1) <= g.rows(),
         "rows past the end"
