@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod gelu;
 pub mod manifest;
+pub mod parallel;
 pub mod plan;
 pub mod postprocess;
 pub mod preprocess;

@@ -27,8 +27,8 @@ use tract_core::ops::array::Gather;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
-use tract_linalg::multithread::par_chunks_mut;
 
+use super::parallel::par_rows;
 use kernel::{Geometry, Kind};
 
 /// `[B, T, 3·H·D]` (or `[T, 3·H·D]`) packed q, k, v → `[B, T, H, D]` (or `[T, H, D]`).
@@ -133,7 +133,8 @@ impl EvalOp for Attention {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
             let need = kernel::scratch_len(self.kind, tokens, self.dim);
-            par_chunks_mut(ys, g.out_row().max(1), g.work(), |first, chunk| {
+            // Whole 6-query tiles per thread.
+            par_rows(ys, g.out_row().max(1), 6, g.work(), |first, chunk| {
                 SCRATCH.with_borrow_mut(|s| {
                     if s.len() < need {
                         s.resize(need, 0.0);

@@ -11,6 +11,8 @@
 mod x86;
 
 use tract_core::internal::*;
+
+use super::parallel::par_rows;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluApproximate;
 
@@ -85,7 +87,13 @@ impl EvalOp for FastGelu {
         let mut y = x.into_tensor();
         {
             let mut view = y.try_as_plain_ram_mut()?;
-            run(view.as_slice_mut::<f32>()?);
+            let xs = view.as_slice_mut::<f32>()?;
+            let work = xs.len();
+            // Rows of 8 floats (one vector), split over the plan's pool.
+            par_rows(xs, 8, 1, work, |_, chunk| {
+                run(chunk);
+                Ok(())
+            })?;
         }
         Ok(tvec!(y.into_tvalue()))
     }

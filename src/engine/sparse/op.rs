@@ -10,9 +10,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::engine::parallel::par_rows;
 use maskd_sparse::{KernelKind, NmMatrix, PackedSpmm, SparseError};
 use tract_core::internal::*;
-use tract_linalg::multithread::par_chunks_mut;
 
 /// The weights of one layer: compressed (kept for decompression and equality) and packed.
 struct Layer {
@@ -143,11 +143,11 @@ impl EvalOp for NmMatMul {
             let ys = view.as_slice_mut::<f32>()?;
             let spmm = &self.layer.spmm;
             // Rows are split over the pool the plan installed for this run (the engine's
-            // `threads`), not with `PackedSpmm::run_parallel`, which spawns threads on every
-            // call. Small products stay on this thread: `par_chunks_mut` gates on the work
-            // count (multiply-adds).
+            // `threads`), one chunk per thread in whole 8-row vectors, not with
+            // `PackedSpmm::run_parallel`, which spawns threads on every call. Small
+            // products stay on this thread: `par_rows` gates on the multiply-adds.
             let work = rows * k * n / spmm.pattern().m() * spmm.pattern().n();
-            par_chunks_mut(ys, n.max(1), work, |first, chunk| {
+            par_rows(ys, n.max(1), 8, work, |first, chunk| {
                 let t = chunk.len() / n;
                 spmm.run(&xs[first * k..(first + t) * k], t, chunk);
                 Ok(())
