@@ -42,6 +42,15 @@ pub fn available() -> bool {
     false
 }
 
+/// Whether [`run`] is SIMD code on this CPU (false: it is the scalar reference).
+pub fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        return true;
+    }
+    false
+}
+
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` in f64: the reference.
 pub fn reference(x: f32) -> f32 {
     let x = x as f64;

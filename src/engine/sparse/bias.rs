@@ -41,7 +41,10 @@ fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usi
         return Ok(None);
     };
     let out = OutletId::new(id, 0);
+    // After a fused epilogue an `Add` is no longer a bias.
     if op.bias().is_some()
+        || op.gelu()
+        || op.residual()
         || node.outputs[0].successors.len() != 1
         || model.output_outlets()?.contains(&out)
     {

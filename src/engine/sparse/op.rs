@@ -10,6 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::engine::gelu;
 use crate::engine::parallel::par_rows;
 use maskd_sparse::{KernelKind, NmMatrix, PackedSpmm, SparseError};
 use tract_core::internal::*;
@@ -21,12 +22,16 @@ struct Layer {
     spmm: PackedSpmm,
 }
 
-/// `maskd.NmMatMul` with its weights as op state (one input: `X`).
+/// `maskd.NmMatMul` with its weights as op state (one input: `X`). Fused epilogues,
+/// applied to each thread's rows as soon as the kernel wrote them: a GELU, or a
+/// residual added from a second input of the output's shape.
 ///
 /// Clones share the packed weights.
 #[derive(Clone)]
 pub struct NmMatMul {
     layer: Arc<Layer>,
+    gelu: bool,
+    residual: bool,
 }
 
 impl NmMatMul {
@@ -35,12 +40,46 @@ impl NmMatMul {
         let spmm = PackedSpmm::new(&matrix, bias.as_deref())?;
         Ok(NmMatMul {
             layer: Arc::new(Layer { matrix, bias, spmm }),
+            gelu: false,
+            residual: false,
         })
+    }
+
+    /// The same layer with the tanh-form GELU after it (shares the packed weights).
+    pub fn with_gelu(&self) -> NmMatMul {
+        NmMatMul {
+            layer: Arc::clone(&self.layer),
+            gelu: true,
+            residual: self.residual,
+        }
+    }
+
+    pub fn gelu(&self) -> bool {
+        self.gelu
+    }
+
+    /// The same layer plus a second input added to its output (after the GELU, if
+    /// any); shares the packed weights.
+    pub fn with_residual(&self) -> NmMatMul {
+        NmMatMul {
+            layer: Arc::clone(&self.layer),
+            gelu: self.gelu,
+            residual: true,
+        }
+    }
+
+    pub fn residual(&self) -> bool {
+        self.residual
     }
 
     /// The same weights with `bias` added to every output row (repacks them).
     pub fn with_bias(&self, bias: Vec<f32>) -> Result<NmMatMul, SparseError> {
-        NmMatMul::new(self.layer.matrix.clone(), Some(bias))
+        let op = NmMatMul::new(self.layer.matrix.clone(), Some(bias))?;
+        Ok(NmMatMul {
+            gelu: self.gelu,
+            residual: self.residual,
+            ..op
+        })
     }
 
     pub fn matrix(&self) -> &NmMatrix {
@@ -74,11 +113,13 @@ impl fmt::Debug for NmMatMul {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "NmMatMul({}, K={}, N={}, bias: {}, {})",
+            "NmMatMul({}, K={}, N={}, bias: {}, gelu: {}, residual: {}, {})",
             self.matrix().pattern(),
             self.k(),
             self.n(),
             self.bias().is_some(),
+            self.gelu,
+            self.residual,
             self.kernel_name()
         )
     }
@@ -90,6 +131,9 @@ impl PartialEq for NmMatMul {
     fn eq(&self, other: &Self) -> bool {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let (a, b) = (&self.layer, &other.layer);
+        if (self.gelu, self.residual) != (other.gelu, other.residual) {
+            return false;
+        }
         Arc::ptr_eq(a, b)
             || (a.matrix.pattern() == b.matrix.pattern()
                 && a.matrix.k() == b.matrix.k()
@@ -118,7 +162,12 @@ impl EvalOp for NmMatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
+        let (x, r) = if self.residual {
+            let (x, r) = args_2!(inputs);
+            (x, Some(r))
+        } else {
+            (args_1!(inputs), None)
+        };
         let (k, n) = (self.k(), self.n());
         let shape = x.shape();
         ensure!(
@@ -138,6 +187,19 @@ impl EvalOp for NmMatMul {
         // the output on every frame.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
+        let rs = match &r {
+            Some(r) => {
+                ensure!(
+                    r.datum_type() == f32::datum_type() && r.shape() == out_shape.as_slice(),
+                    "NmMatMul: residual is {:?} {:?}, expected f32 {:?}",
+                    r.datum_type(),
+                    r.shape(),
+                    out_shape
+                );
+                Some(r.try_as_plain_ram()?.as_slice::<f32>()?)
+            }
+            None => None,
+        };
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
@@ -150,6 +212,14 @@ impl EvalOp for NmMatMul {
             par_rows(ys, n.max(1), 8, work, |first, chunk| {
                 let t = chunk.len() / n;
                 spmm.run(&xs[first * k..(first + t) * k], t, chunk);
+                // Epilogues while this thread's rows are still in cache.
+                if self.gelu {
+                    gelu::run(chunk);
+                }
+                if let Some(rs) = rs {
+                    let r = &rs[first * n..first * n + chunk.len()];
+                    chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                }
                 Ok(())
             })?;
         }
@@ -180,6 +250,15 @@ impl TypedOp for NmMatMul {
             );
         }
         *last = self.n().to_dim();
+        if self.residual {
+            let r = inputs.get(1).context("NmMatMul: residual input missing")?;
+            ensure!(
+                r.datum_type == f32::datum_type() && r.shape.iter().eq(shape.iter()),
+                "NmMatMul: residual is {:?}, expected f32 {:?}",
+                r,
+                shape
+            );
+        }
         Ok(tvec!(f32::fact(shape)))
     }
 

@@ -142,6 +142,10 @@ pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<Stri
     }
     let folded = super::bias::fold(model)?;
     log::debug!("{folded} bias additions folded into NmMatMul");
+    let fused = super::act::fold(model)?;
+    log::debug!("{fused} GELUs fused into NmMatMul");
+    let fused = super::residual::fold(model)?;
+    log::debug!("{fused} residual additions fused into NmMatMul");
     Ok(dense)
 }
 
