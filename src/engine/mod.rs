@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod layernorm;
 pub mod manifest;
 pub mod parallel;
 pub mod plan;

@@ -24,7 +24,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::SparseKernel;
 use crate::engine::sparse::{self, SparseLayer, SparseReport};
-use crate::engine::{attention, gelu, upsample};
+use crate::engine::{attention, gelu, layernorm, upsample};
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +67,10 @@ pub struct PlanOptions {
     /// Keep tract's general `Resize` instead of [`upsample::Upsample2d`] (tests compare
     /// the two on whole models).
     pub tract_resize: bool,
-    /// Keep tract's attention subgraphs and GELU instead of [`attention::Attention`]
-    /// and [`gelu::FastGelu`] (tests compare the two on whole models).
-    pub tract_attention: bool,
+    /// Keep tract's attention subgraphs, GELU and decomposed LayerNorm instead of
+    /// [`attention::Attention`], [`gelu::FastGelu`] and [`layernorm::LayerNorm`]
+    /// (tests compare the two on whole models).
+    pub tract_ops: bool,
 }
 
 impl Default for PlanOptions {
@@ -79,7 +80,7 @@ impl Default for PlanOptions {
             executor: None,
             sparse_kernel: crate::config::DEFAULT_SPARSE_KERNEL,
             tract_resize: false,
-            tract_attention: false,
+            tract_ops: false,
         }
     }
 }
@@ -181,13 +182,16 @@ impl Plan {
                 .with_context(|| format!("{}: rewriting Resize nodes", shown.display()))?;
             log::debug!("{}: {n} Resize nodes run as Upsample2d", shown.display());
         }
-        if !options.tract_attention {
+        if !options.tract_ops {
             let n = attention::apply(&mut typed)
                 .with_context(|| format!("{}: fusing attention", shown.display()))?;
             log::debug!("{}: {n} attention subgraphs fused", shown.display());
             let n = gelu::apply(&mut typed)
                 .with_context(|| format!("{}: rewriting GELU", shown.display()))?;
             log::debug!("{}: {n} GELU nodes on SIMD", shown.display());
+            let n = layernorm::apply(&mut typed)
+                .with_context(|| format!("{}: fusing LayerNorm", shown.display()))?;
+            log::debug!("{}: {n} LayerNorm chains fused", shown.display());
         }
         let typed = typed
             .into_optimized()

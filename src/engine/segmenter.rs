@@ -358,18 +358,20 @@ pub(crate) mod tests {
     }
 
     /// The default model's ten attentions (8 encoder blocks, 2 decoder blocks over every
-    /// prompt) run fused on CPUs with a kernel, and give what tract's nodes give.
+    /// prompt) run fused on CPUs with a kernel, its 22 LayerNorms as one op each, and
+    /// the result is what tract's own nodes give.
     #[test]
-    fn default_model_attention_matches_tract() {
-        let count = |seg: &Segmenter| {
+    fn default_model_fused_ops_match_tract() {
+        let ops = |seg: &Segmenter, name: &str| {
             seg.plan
                 .plan
                 .model()
                 .nodes()
                 .iter()
-                .filter(|n| n.op().name() == "Attention")
+                .filter(|n| n.op().name() == name)
                 .count()
         };
+        let count = |seg: &Segmenter| ops(seg, "Attention");
         let expect = if crate::engine::attention::kernel::Kind::best().is_some() {
             10
         } else {
@@ -377,16 +379,19 @@ pub(crate) mod tests {
         };
         let fused = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
             assert_eq!(count(seg), expect);
+            assert_eq!(ops(seg, "LayerNorm"), 22);
+            assert_eq!(ops(seg, "RmsNorm"), 0);
         });
         let options = PlanOptions {
-            tract_attention: true,
+            tract_ops: true,
             ..PlanOptions::default()
         };
         let tract = run_shipped("models/default.toml", &options, |seg| {
             assert_eq!(count(seg), 0);
+            assert_eq!(ops(seg, "LayerNorm"), 0);
         });
         let worst = max_diff(&fused, &tract);
-        assert!(worst < 1e-4, "Attention vs tract max |diff| {worst}");
+        assert!(worst < 1e-4, "fused ops vs tract max |diff| {worst}");
     }
 
     #[test]
