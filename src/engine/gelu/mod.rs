@@ -16,23 +16,6 @@ use super::parallel::par_rows;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluApproximate;
 
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-const COEF: f32 = 0.044_715;
-/// tract's scalar `stanh`: `p(x²)·x / q(x²)` on `[-7.5, 7.5]`, highest power first.
-const TANH_CLAMP: f32 = 7.5;
-#[allow(clippy::excessive_precision)]
-const TANH_ALPHA: [f32; 7] = [
-    -8.488492677e-14,
-    5.277853000e-11,
-    -2.022500419e-8,
-    0.00001115424833,
-    0.003103950131,
-    0.1308400453,
-    0.9999999934,
-];
-#[allow(clippy::excessive_precision)]
-const TANH_BETA: [f32; 4] = [0.0002546136580, 0.02449515379, 0.4641733162, 1.0];
-
 /// Whether this CPU has the SIMD GELU (and tract lacks one).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
