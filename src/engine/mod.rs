@@ -13,6 +13,7 @@ pub mod attention;
 pub mod gelu;
 pub mod layernorm;
 pub mod manifest;
+pub mod mulsum;
 pub mod parallel;
 pub mod plan;
 pub mod postprocess;

@@ -24,7 +24,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::SparseKernel;
 use crate::engine::sparse::{self, SparseLayer, SparseReport};
-use crate::engine::{attention, gelu, layernorm, upsample};
+use crate::engine::{attention, gelu, layernorm, mulsum, upsample};
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +67,10 @@ pub struct PlanOptions {
     /// Keep tract's general `Resize` instead of [`upsample::Upsample2d`] (tests compare
     /// the two on whole models).
     pub tract_resize: bool,
-    /// Keep tract's attention subgraphs, GELU and decomposed LayerNorm instead of
-    /// [`attention::Attention`], [`gelu::FastGelu`] and [`layernorm::LayerNorm`]
-    /// (tests compare the two on whole models).
+    /// Keep tract's attention subgraphs, GELU, decomposed LayerNorm and `Mul` +
+    /// `ReduceSum` instead of [`attention::Attention`], [`gelu::FastGelu`],
+    /// [`layernorm::LayerNorm`] and [`mulsum::MulSum`] (tests compare the two on whole
+    /// models).
     pub tract_ops: bool,
 }
 
@@ -192,6 +193,9 @@ impl Plan {
             let n = layernorm::apply(&mut typed)
                 .with_context(|| format!("{}: fusing LayerNorm", shown.display()))?;
             log::debug!("{}: {n} LayerNorm chains fused", shown.display());
+            let n = mulsum::apply(&mut typed)
+                .with_context(|| format!("{}: fusing Mul and ReduceSum", shown.display()))?;
+            log::debug!("{}: {n} Mul+ReduceSum pairs fused", shown.display());
         }
         let typed = typed
             .into_optimized()

@@ -358,8 +358,8 @@ pub(crate) mod tests {
     }
 
     /// The default model's ten attentions (8 encoder blocks, 2 decoder blocks over every
-    /// prompt) run fused on CPUs with a kernel, its 22 LayerNorms as one op each, and
-    /// the result is what tract's own nodes give.
+    /// prompt) run fused on CPUs with a kernel, its 22 LayerNorms as one op each, the
+    /// mask head's product and sum as one, and the result is what tract's own nodes give.
     #[test]
     fn default_model_fused_ops_match_tract() {
         let ops = |seg: &Segmenter, name: &str| {
@@ -380,6 +380,7 @@ pub(crate) mod tests {
         let fused = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
             assert_eq!(count(seg), expect);
             assert_eq!(ops(seg, "LayerNorm"), 22);
+            assert_eq!(ops(seg, "MulSum"), 1);
             assert_eq!(ops(seg, "RmsNorm"), 0);
         });
         let options = PlanOptions {
