@@ -109,6 +109,8 @@ pub struct RoundResult {
 /// Where one variant's frame goes (`--profile`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfileResult {
+    /// Mean over the profiled frames, like the operators' times (a median here would
+    /// not add up with them on a machine whose speed drifts).
     pub frame_ms: f64,
     pub ops: Vec<OpRow>,
 }
@@ -329,7 +331,7 @@ fn run_variant(
             frame_times.push(v.frame(1000 + seq)?);
         }
         Some(ProfileResult {
-            frame_ms: percentile(&mut frame_times, 0.5),
+            frame_ms: frame_times.iter().sum::<f64>() / frame_times.len().max(1) as f64,
             ops: v.engine.profile().map(|p| p.rows()).unwrap_or_default(),
         })
     } else {
@@ -408,7 +410,7 @@ fn print_profiles(rows: &[VariantSummary]) {
             continue;
         };
         println!(
-            "\nprofile: {} ({}), {:.1} ms/frame while profiled",
+            "\nprofile: {} ({}), {:.1} ms/frame while profiled (means)",
             r.manifest.display(),
             format!("{:?}", r.sparse_kernel).to_lowercase(),
             p.frame_ms
