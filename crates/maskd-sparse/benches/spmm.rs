@@ -11,6 +11,11 @@
 //! * every sparse kernel this CPU can run, on the same pruned weight, each packed
 //!   once. Outputs are checked against tract before timing.
 //!
+//! With `--threads N` (N > 1) both sides run on one rayon pool of N threads, the
+//! daemon's arrangement: tract's plan with that pool as its executor, each kernel
+//! with its rows split into N chunks of whole 8-row vectors (as maskd's `NmMatMul`
+//! does); the `Nt/1t` column is the kernel's own scaling.
+//!
 //! The machine is shared and noisy, so timings are interleaved: each repetition
 //! times one call of every variant back to back (order alternating), and the
 //! speedup is taken per repetition (tract / sparse of the same repetition). The
@@ -102,14 +107,9 @@ fn main() {
         a.seconds,
         cpu_name()
     );
-    #[cfg(not(maskd_no_tract))]
+    let pool = Pool::new(a.threads);
     if a.threads > 1 {
-        println!(
-            "note: tract runs single-threaded (its multithreaded matmul needs the \
-             tract-linalg/multithread-mm feature, which would also change the daemon's tract \
-             build through workspace feature unification): tract/kernel with --threads > 1 \
-             is NOT like for like; `Nt/1t` is the kernel's own scaling"
-        );
+        println!("{}", pool.describe());
     }
     print!("\n| GEMM | T | K | N | dense KiB | 2:4 KiB (%) | tract ms |");
     for k in &kinds {
@@ -137,14 +137,14 @@ fn main() {
                 .map(|&kind| PackedSpmm::with_kernel(&sparse, None, kind).unwrap())
                 .collect();
             let mut ys: Vec<Vec<f32>> = kernels.iter().map(|_| vec![0f32; t * n]).collect();
-            let mut dense_run = dense_baseline(&dense, &x, t, k, n);
+            let mut dense_run = dense_baseline(&dense, &x, t, k, n, &pool);
 
             // Check every kernel against the dense result first.
             let want = dense_run.output();
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
             let mut err = 0f32;
             for (mm, y) in kernels.iter().zip(ys.iter_mut()) {
-                mm.run_parallel(&x, t, y, a.threads);
+                pool.run(mm, &x, t, n, y);
                 for (a, b) in y.iter().zip(&want) {
                     err = err.max((a - b).abs() / scale);
                 }
@@ -172,7 +172,11 @@ fn main() {
                     start.elapsed().as_secs_f64()
                 };
                 let sparse = |i: usize, y: &mut Vec<f32>, threads: usize| {
-                    time(&mut || kernels[i].run_parallel(black_box(&x), t, black_box(y), threads))
+                    if threads > 1 {
+                        time(&mut || pool.run(&kernels[i], black_box(&x), t, n, black_box(y)))
+                    } else {
+                        time(&mut || kernels[i].run(black_box(&x), t, black_box(y)))
+                    }
                 };
                 let mut ts = vec![0.0; kernels.len()];
                 let mut ts1 = vec![0.0; kernels.len()];
@@ -264,7 +268,7 @@ struct DenseRun {
 }
 
 #[cfg(not(maskd_no_tract))]
-fn dense_baseline(w: &[f32], x: &[f32], t: usize, k: usize, n: usize) -> DenseRun {
+fn dense_baseline(w: &[f32], x: &[f32], t: usize, k: usize, n: usize, pool: &Pool) -> DenseRun {
     let build = || -> TractResult<DenseRun> {
         let mut model = TypedModel::default();
         let src = model.add_source("x", f32::fact([t, k]))?;
@@ -275,7 +279,11 @@ fn dense_baseline(w: &[f32], x: &[f32], t: usize, k: usize, n: usize) -> DenseRu
             &[src, wt],
         )?;
         model.select_output_outlets(&y)?;
-        let plan = model.into_optimized()?.into_runnable()?;
+        let options = RunOptions {
+            executor: pool.executor(),
+            ..RunOptions::default()
+        };
+        let plan = TypedSimplePlan::new_with_options(model.into_optimized()?, &options)?;
         let state = plan.spawn()?;
         let input = Tensor::from_shape(&[t, k], x)?.into_tvalue();
         Ok(DenseRun { state, input })
@@ -313,7 +321,7 @@ impl DenseRun {
 struct DenseRun(PackedSpmm, Vec<f32>, Vec<f32>, usize);
 
 #[cfg(maskd_no_tract)]
-fn dense_baseline(w: &[f32], x: &[f32], t: usize, k: usize, n: usize) -> DenseRun {
+fn dense_baseline(w: &[f32], x: &[f32], t: usize, k: usize, n: usize, _: &Pool) -> DenseRun {
     let m = NmMatrix::from_dense_pruned(w, k, n, NmPattern::TWO_FOUR).unwrap();
     let p = PackedSpmm::with_kernel(&m, None, KernelKind::Generic).unwrap();
     DenseRun(p, x.to_vec(), vec![0.0; t * n], t)
@@ -328,5 +336,61 @@ impl DenseRun {
     fn output(&mut self) -> Vec<f32> {
         self.run();
         self.2.clone()
+    }
+}
+
+/// The threads both sides share with `--threads N`.
+#[cfg(not(maskd_no_tract))]
+struct Pool(Option<tract_linalg::multithread::Executor>);
+
+#[cfg(not(maskd_no_tract))]
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        Pool((threads > 1).then(|| tract_linalg::multithread::Executor::multithread(threads)))
+    }
+
+    fn describe(&self) -> &'static str {
+        "note: tract and every kernel run on the same rayon pool (tract as the plan's \
+         executor, kernels with their rows split into one chunk of whole 8-row vectors per \
+         thread); `Nt/1t` is the kernel's own scaling"
+    }
+
+    fn executor(&self) -> Option<tract_linalg::multithread::Executor> {
+        self.0.clone()
+    }
+
+    /// `y = x · W` for `t` rows, split over the pool.
+    fn run(&self, mm: &PackedSpmm, x: &[f32], t: usize, n: usize, y: &mut [f32]) {
+        use tract_linalg::multithread::Executor;
+        let Some(Executor::MultiThread(pool)) = &self.0 else {
+            mm.run(x, t, y);
+            return;
+        };
+        let k = x.len() / t.max(1);
+        let rows = t.div_ceil(pool.current_num_threads()).next_multiple_of(8);
+        pool.scope(|s| {
+            for (xc, yc) in x.chunks(rows * k).zip(y.chunks_mut(rows * n)) {
+                s.spawn(move |_| mm.run(xc, yc.len() / n, yc));
+            }
+        });
+    }
+}
+
+/// Without tract: the kernels' own `run_parallel`.
+#[cfg(maskd_no_tract)]
+struct Pool(usize);
+
+#[cfg(maskd_no_tract)]
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        Pool(threads)
+    }
+
+    fn describe(&self) -> &'static str {
+        "note: built without tract: kernels split rows with `run_parallel`"
+    }
+
+    fn run(&self, mm: &PackedSpmm, x: &[f32], t: usize, _n: usize, y: &mut [f32]) {
+        mm.run_parallel(x, t, y, self.0);
     }
 }
