@@ -266,6 +266,7 @@ impl Loaded {
             manifest: manifest.to_owned(),
             threads: args.threads.max(1),
             sparse_kernel: kernel.into(),
+            fused_ops: true,
         };
         let prompts = PromptsConfig {
             text: args.prompts.clone(),

@@ -57,6 +57,9 @@ pub struct EngineConfig {
     pub threads: usize,
     /// How N:M-sparse layers run.
     pub sparse_kernel: SparseKernel,
+    /// Run maskd's fused attention, GELU, LayerNorm and product-sum ops where they
+    /// apply (false: tract's own nodes, the fallback if a model misbehaves with them).
+    pub fused_ops: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -71,6 +71,12 @@ struct RawEngine {
     threads: usize,
     #[serde(default)]
     sparse_kernel: RawSparseKernel,
+    #[serde(default = "default_fused_ops")]
+    fused_ops: bool,
+}
+
+fn default_fused_ops() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +305,7 @@ impl RawEngine {
                 RawSparseKernel::Sparse => SparseKernel::Sparse,
                 RawSparseKernel::Dense => SparseKernel::Dense,
             },
+            fused_ops: self.fused_ops,
         })
     }
 }

@@ -17,6 +17,7 @@ backoff_max_ms = 10000
 manifest = "../models/default.toml"
 threads = 2
 sparse_kernel = "dense"
+fused_ops = false
 
 [prompts]
 text = ["red circle", "blue square"]
@@ -96,6 +97,7 @@ fn full_file_parses_into_typed_config() {
             manifest: PathBuf::from("/etc/maskd/../models/default.toml"),
             threads: 2,
             sparse_kernel: SparseKernel::Dense,
+            fused_ops: false,
         },
         prompts: PromptsConfig {
             text: vec!["red circle".into(), "blue square".into()],
@@ -141,6 +143,7 @@ fn omitted_keys_take_the_named_defaults() {
     );
     assert_eq!(cfg.engine.threads, DEFAULT_THREADS);
     assert_eq!(cfg.engine.sparse_kernel, DEFAULT_SPARSE_KERNEL);
+    assert!(cfg.engine.fused_ops);
     assert_eq!(cfg.prompts.mask_threshold, None);
     assert_eq!(cfg.prompts.score_threshold, None);
     assert_eq!(cfg.prompts.max_prompts, DEFAULT_MAX_PROMPTS);
@@ -414,6 +417,9 @@ fn wrong_type_names_the_key() {
     assert!(message.contains("invalid type"), "{message}");
     let (_, key, message) = syntax(&full_with("loop = true", "loop = \"yes\""));
     assert_eq!(key.as_deref(), Some("source.loop"));
+    assert!(message.contains("invalid type"), "{message}");
+    let (_, key, message) = syntax(&full_with("fused_ops = false", "fused_ops = 0"));
+    assert_eq!(key.as_deref(), Some("engine.fused_ops"));
     assert!(message.contains("invalid type"), "{message}");
 }
 

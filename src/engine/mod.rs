@@ -63,7 +63,10 @@ impl Engine {
     /// config's prompts. Errors name the manifest or graph file, the key and the reason.
     pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
         let manifest = Manifest::load(&cfg.manifest)?;
-        let options = PlanOptions::with_threads(cfg.threads).with_sparse_kernel(cfg.sparse_kernel);
+        let options = PlanOptions {
+            tract_ops: !cfg.fused_ops,
+            ..PlanOptions::with_threads(cfg.threads).with_sparse_kernel(cfg.sparse_kernel)
+        };
         Engine::with_options(manifest, cfg.threads, &options, prompts)
     }
 
@@ -261,6 +264,7 @@ mod tests {
                 manifest,
                 threads: 1,
                 sparse_kernel: SparseKernel::Auto,
+                fused_ops: true,
             },
             PromptsConfig {
                 text: prompts.iter().map(|s| s.to_string()).collect(),
