@@ -407,6 +407,90 @@ mod tests {
         );
     }
 
+    /// On the trained model the block graphs get the fused `Attention` with its second
+    /// output (what each token received): with half the tokens dropped after block 0,
+    /// every block's received attention and the decoder's outputs match tract's nodes.
+    #[test]
+    fn real_model_fused_blocks_match_tract_with_pruned_tokens() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.toml");
+        let Ok(m) = Manifest::load(&path) else {
+            eprintln!("SKIPPED: {} is absent", path.display());
+            return;
+        };
+        if m.stages.is_none() {
+            eprintln!("SKIPPED: {} has no [stages]", path.display());
+            return;
+        }
+        let run = |options: &PlanOptions| {
+            let mut stages = StageRunner::load(&m, options).unwrap();
+            let fused = stages
+                .blocks
+                .iter()
+                .map(|b| {
+                    b.plan
+                        .plan
+                        .model()
+                        .nodes()
+                        .iter()
+                        .filter(|n| n.op().name() == "Attention" && n.outputs.len() == 2)
+                        .count()
+                })
+                .sum::<usize>();
+            let (w, h) = (m.image.width as usize, m.image.height as usize);
+            let image: Vec<f32> = fixture_rgb(w, h)
+                .iter()
+                .map(|&v| v as f32 / 255.0 - 0.5)
+                .collect();
+            let image = Tensor::from_shape(&[1, 3, h, w], &image).unwrap();
+            let rows = text_rows(2, m.text.dim);
+            let flat: Vec<f32> = rows.concat();
+            let text = Tensor::from_shape(&[2, m.text.dim], &flat).unwrap();
+            let mut policy = DropHalf {
+                kept: vec![],
+                full: None,
+            };
+            stages
+                .run(image.into_tvalue(), text.into_tvalue(), &mut policy)
+                .unwrap();
+            let attn: Vec<Vec<f32>> = (0..stages.blocks())
+                .map(|b| stages.attention(b).unwrap().to_vec())
+                .collect();
+            let (masks, scores) = stages.outputs().unwrap();
+            (fused, attn, masks.to_vec(), scores.to_vec())
+        };
+        let fast = run(&PlanOptions::default());
+        let tract = run(&PlanOptions {
+            tract_ops: true,
+            ..PlanOptions::default()
+        });
+        let expect = if crate::engine::attention::kernel::Kind::best().is_some() {
+            8
+        } else {
+            0
+        };
+        assert_eq!(fast.0, expect, "blocks with fused attention");
+        assert_eq!(tract.0, 0);
+        let tokens = m.stages.as_ref().unwrap().tokens;
+        assert_eq!(fast.1[0].len(), tokens);
+        assert_eq!(fast.1[1].len(), tokens / 2, "block 1 saw the kept half");
+        let diff = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        for (b, (f, t)) in fast.1.iter().zip(&tract.1).enumerate() {
+            let d = diff(f, t);
+            assert!(d <= 1e-5, "block {b}: received attention differs by {d}");
+        }
+        let (md, sd) = (diff(&fast.2, &tract.2), diff(&fast.3, &tract.3));
+        assert!(
+            md <= 1e-4 && sd <= 1e-4,
+            "mask diff {md}, presence diff {sd}"
+        );
+    }
+
     #[test]
     fn no_stages_section_is_an_error() {
         let mut m = fixture_manifest();

@@ -87,6 +87,9 @@ pub fn scratch_len(kind: Kind, tokens: usize, dim: usize) -> usize {
 ///
 /// # Panics
 /// If the slices are shorter than `g` says (the op checks shapes before calling).
+/// With `received` (`g.batch * g.tokens` floats), also adds to `received[b * T + j]`
+/// the probability key `j` of item `b` gets from each of these rows, summed over heads.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_rows(
     kind: Kind,
     g: &Geometry,
@@ -95,6 +98,7 @@ pub fn attend_rows(
     row0: usize,
     out: &mut [f32],
     scratch: &mut [f32],
+    mut received: Option<&mut [f32]>,
 ) {
     assert!(
         qkv.len() >= g.rows() * g.qkv_row(),
@@ -117,6 +121,10 @@ pub fn attend_rows(
         scratch.len() >= scratch_len(kind, g.tokens, g.dim),
         "scratch too short"
     );
+    assert!(
+        received.as_ref().is_none_or(|r| r.len() == g.rows()),
+        "received is not batch * tokens long"
+    );
     let rows = out.len() / g.out_row().max(1);
     let mut r = row0;
     // Rows are split per batch item: keys and values never cross items.
@@ -126,12 +134,15 @@ pub fn attend_rows(
         let i1 = (g.tokens).min(i0 + (row0 + rows - r));
         let seg = &mut out[(r - row0) * g.out_row()..(r - row0 + i1 - i0) * g.out_row()];
         for h in 0..g.heads {
+            let recv = received
+                .as_deref_mut()
+                .map(|r| &mut r[b * g.tokens..(b + 1) * g.tokens]);
             match kind {
-                Kind::Reference => reference_head(g, scale, qkv, b, h, i0..i1, seg, scratch),
+                Kind::Reference => reference_head(g, scale, qkv, b, h, i0..i1, seg, scratch, recv),
                 // SAFETY: `Kind::Avx2` is only chosen after `x86::available()` (see
                 // `best`), and the asserts above bound every index the kernel uses.
                 #[cfg(target_arch = "x86_64")]
-                Kind::Avx2 => unsafe { x86::head(g, scale, qkv, b, h, i0..i1, seg, scratch) },
+                Kind::Avx2 => unsafe { x86::head(g, scale, qkv, b, h, i0..i1, seg, scratch, recv) },
             }
         }
         r += i1 - i0;
@@ -139,9 +150,16 @@ pub fn attend_rows(
 }
 
 /// Every output row at once: `out` holds `g.rows() * g.out_row()` floats.
-pub fn attend(kind: Kind, g: &Geometry, scale: f32, qkv: &[f32], out: &mut [f32]) {
+pub fn attend(
+    kind: Kind,
+    g: &Geometry,
+    scale: f32,
+    qkv: &[f32],
+    out: &mut [f32],
+    received: Option<&mut [f32]>,
+) {
     let mut scratch = vec![0f32; scratch_len(kind, g.tokens, g.dim)];
-    attend_rows(kind, g, scale, qkv, 0, out, &mut scratch);
+    attend_rows(kind, g, scale, qkv, 0, out, &mut scratch, received);
 }
 
 /// Queries `rows` of item `b`, head `h`, into `out` (those rows only, all heads wide).
@@ -155,6 +173,7 @@ fn reference_head(
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     scores: &mut [f32],
+    mut received: Option<&mut [f32]>,
 ) {
     let (t, d) = (g.tokens, g.dim);
     let at = |tok: usize, which: usize| (b * t + tok) * g.qkv_row() + (which * g.heads + h) * d;
@@ -172,6 +191,11 @@ fn reference_head(
         for s in scores[..t].iter_mut() {
             *s = (*s - max).exp();
             sum += *s as f64;
+        }
+        if let Some(r) = received.as_deref_mut() {
+            for (r, &s) in r.iter_mut().zip(&scores[..t]) {
+                *r += (s as f64 / sum) as f32;
+            }
         }
         let o = &mut out[(i - first) * g.out_row() + h * d..][..d];
         for (c, o) in o.iter_mut().enumerate() {

@@ -10,9 +10,11 @@
 //!
 //! [`apply`] rewrites only what it proves equivalent, by following each axis from
 //! the `qkv` tensor through the reshape, the moves and the gathers into both
-//! einsums' axis strings. Graphs that need the attention probabilities themselves
-//! (the stage graphs feed them to token pruning) keep tract's nodes, as do CPUs
-//! without a SIMD kernel ([`kernel::Kind::best`]).
+//! einsums' axis strings. The stage graphs also read what each token received (the
+//! probabilities summed over heads and queries: token pruning's score); the op gives
+//! that as a second output, accumulated from the score tiles it already holds. Any
+//! other reader of the probabilities keeps tract's nodes, as do CPUs without a SIMD
+//! kernel ([`kernel::Kind::best`]).
 
 pub mod kernel;
 #[cfg(test)]
@@ -21,12 +23,13 @@ mod tests;
 mod x86;
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use tract_core::internal::*;
 use tract_core::ops::array::Gather;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::nn::{Softmax, SoftmaxKind};
+use tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
 
 use super::parallel::par_rows;
 use kernel::{Geometry, Kind};
@@ -41,6 +44,9 @@ pub struct Attention {
     /// the einsum when it is 1).
     keep_batch: bool,
     kind: Kind,
+    /// A second output: what each key received, summed over queries, over heads times
+    /// a factor (the graph's `1/H`), `[B, 1, T]` or, without a batch axis, `[1, T]`.
+    received: Option<Received>,
 }
 
 impl Attention {
@@ -51,6 +57,15 @@ impl Attention {
             scale,
             keep_batch,
             kind,
+            received: None,
+        }
+    }
+
+    /// With the second output (see the field).
+    pub fn with_received(self, factor: f32, batch_axis: bool) -> Attention {
+        Attention {
+            received: Some(Received { factor, batch_axis }),
+            ..self
         }
     }
 
@@ -59,11 +74,21 @@ impl Attention {
     }
 }
 
+/// The second output's factor and whether it has a batch axis (the scores' layout,
+/// which can differ from the main output's).
+#[derive(Clone, Copy, Debug)]
+struct Received {
+    factor: f32,
+    batch_axis: bool,
+}
+
 impl PartialEq for Attention {
     fn eq(&self, other: &Self) -> bool {
         (self.heads, self.dim, self.keep_batch, self.kind)
             == (other.heads, other.dim, other.keep_batch, other.kind)
             && self.scale.to_bits() == other.scale.to_bits()
+            && self.received.map(|r| (r.factor.to_bits(), r.batch_axis))
+                == other.received.map(|r| (r.factor.to_bits(), r.batch_axis))
     }
 }
 
@@ -129,22 +154,57 @@ impl EvalOp for Attention {
         // `attend_rows` (the kernel tests poison outputs with NaN to check it).
         let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
+        // Each thread sums what keys received from its rows, then adds into the total.
+        let received = self.received.map(|_| Mutex::new(vec![0f32; g.rows()]));
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
             let need = kernel::scratch_len(self.kind, tokens, self.dim);
             // Whole 6-query tiles per thread.
             par_rows(ys, g.out_row().max(1), 6, g.work(), |first, chunk| {
+                let mut local = received.as_ref().map(|_| vec![0f32; g.rows()]);
                 SCRATCH.with_borrow_mut(|s| {
                     if s.len() < need {
                         s.resize(need, 0.0);
                     }
-                    kernel::attend_rows(self.kind, &g, self.scale, xs, first, chunk, s);
+                    kernel::attend_rows(
+                        self.kind,
+                        &g,
+                        self.scale,
+                        xs,
+                        first,
+                        chunk,
+                        s,
+                        local.as_deref_mut(),
+                    );
                 });
+                if let (Some(total), Some(local)) = (&received, local) {
+                    let mut total = total
+                        .lock()
+                        .map_err(|_| format_err!("Attention: a thread panicked"))?;
+                    total.iter_mut().zip(local).for_each(|(t, l)| *t += l);
+                }
                 Ok(())
             })?;
         }
-        Ok(tvec!(y.into_tvalue()))
+        let (Some(spec), Some(received)) = (self.received, received) else {
+            return Ok(tvec!(y.into_tvalue()));
+        };
+        let mut r = received
+            .into_inner()
+            .map_err(|_| format_err!("Attention: a thread panicked"))?;
+        r.iter_mut().for_each(|v| *v *= spec.factor);
+        ensure!(
+            spec.batch_axis || batch == 1,
+            "Attention: batch {batch} where the graph drops the batch axis"
+        );
+        let shape: TVec<usize> = if spec.batch_axis {
+            tvec![batch, 1, tokens]
+        } else {
+            tvec![1, tokens]
+        };
+        let r = Tensor::from_shape(&shape, &r)?;
+        Ok(tvec!(y.into_tvalue(), r.into_tvalue()))
     }
 }
 
@@ -161,12 +221,28 @@ impl TypedOp for Attention {
         );
         let (h, d) = (self.heads.to_dim(), self.dim.to_dim());
         let t = x.shape[x.rank() - 2].clone();
+        let batch = if x.rank() == 3 {
+            x.shape[0].clone()
+        } else {
+            1.to_dim()
+        };
+        let received: Option<TVec<TDim>> = self.received.map(|r| {
+            if r.batch_axis {
+                tvec![batch.clone(), 1.to_dim(), t.clone()]
+            } else {
+                tvec![1.to_dim(), t.clone()]
+            }
+        });
         let shape: TVec<TDim> = if self.keep_batch && x.rank() == 3 {
             tvec![x.shape[0].clone(), t, h, d]
         } else {
             tvec![t, h, d]
         };
-        Ok(tvec!(f32::fact(shape)))
+        let mut facts = tvec!(f32::fact(shape));
+        if let Some(r) = received {
+            facts.push(f32::fact(r));
+        }
+        Ok(facts)
     }
 
     as_op!();
@@ -186,8 +262,11 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         let name = format!("{}.attention", model.node(found.softmax).name);
         let mut patch = TypedModelPatch::default();
         let tap = patch.tap_model(model, found.qkv)?;
-        let wire = patch.wire_node(&name, found.op, &[tap])?[0];
-        patch.shunt_outside(model, found.output.into(), wire)?;
+        let wires = patch.wire_node(&name, found.op, &[tap])?;
+        patch.shunt_outside(model, found.output.into(), wires[0])?;
+        if let (Some(node), Some(&wire)) = (found.received, wires.get(1)) {
+            patch.shunt_outside(model, node.into(), wire)?;
+        }
         patch
             .apply(model)
             .with_context(|| format!("node `{name}`: fusing attention"))?;
@@ -203,6 +282,8 @@ struct Found {
     qkv: OutletId,
     /// The `P · V` einsum whose output the fused op replaces.
     output: usize,
+    /// The sum over queries whose output the op's second output replaces.
+    received: Option<usize>,
     op: Attention,
 }
 
@@ -246,10 +327,21 @@ fn find(model: &TypedModel, softmax: usize, kind: Kind) -> TractResult<Option<Fo
     let Some(qk) = single_einsum_input(model, node.inputs[0]) else {
         return Ok(None);
     };
-    // The probabilities go to `P · V` only; a graph that also reads them keeps tract's.
-    let [succ] = node.outputs[0].successors.as_slice() else {
+    // The probabilities go to `P · V`, and in the stage graphs also to the sums that
+    // score tokens for pruning; any other reader keeps tract's nodes.
+    let succs = node.outputs[0].successors.as_slice();
+    let pv_at = succs
+        .iter()
+        .position(|s| model.node(s.node).op_is::<EinSum>());
+    let (Some(pv_at), 1..=2) = (pv_at, succs.len()) else {
         return Ok(None);
     };
+    let succ = &succs[pv_at];
+    let other = succs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != pv_at)
+        .map(|(_, s)| s.node);
     let pv_node = model.node(succ.node);
     let Some(pv) = pv_node.op_as::<EinSum>() else {
         return Ok(None);
@@ -302,7 +394,7 @@ fn find(model: &TypedModel, softmax: usize, kind: Kind) -> TractResult<Option<Fo
     ) {
         return Ok(None);
     }
-    let Some(out) = einsum_roles(pv, &[scores, as_role(Role::Key)]) else {
+    let Some(out) = einsum_roles(pv, &[scores.clone(), as_role(Role::Key)]) else {
         return Ok(None);
     };
     let want = [Role::Batch, Role::Query, Role::Head, Role::Dim];
@@ -310,12 +402,92 @@ fn find(model: &TypedModel, softmax: usize, kind: Kind) -> TractResult<Option<Fo
         return Ok(None);
     }
     let keep_batch = out.first() == Some(&Role::Batch);
+    let mut op = Attention::new(heads, dim, q.scale * k.scale, keep_batch, kind);
+    let mut received = None;
+    if let Some(first) = other {
+        let Some((node, factor)) = received_sums(model, first, &scores)? else {
+            return Ok(None);
+        };
+        let batch_axis = scores.first() == Some(&Role::Batch);
+        op = op.with_received(factor, batch_axis);
+        // The op's second output must have exactly the shape the graph had there.
+        let facts = op.output_facts(&[model.outlet_fact(qkv)?])?;
+        if facts.get(1).map(|f| &f.shape) != Some(&model.node(node).outputs[0].fact.shape) {
+            return Ok(None);
+        }
+        received = Some(node);
+    }
     Ok(Some(Found {
         softmax,
         qkv,
         output: succ.node,
-        op: Attention::new(heads, dim, q.scale * k.scale, keep_batch, kind),
+        received,
+        op,
     }))
+}
+
+/// The chain an exported `probs.mean(heads).mean(queries)` starts with: a sum over
+/// the heads, a constant factor, the emptied axis removed, a sum over the queries.
+/// Returns that last sum's node and the factor; the division by the token count after
+/// it stays tract's (its factor is symbolic).
+fn received_sums(
+    model: &TypedModel,
+    first: usize,
+    scores: &[Role],
+) -> TractResult<Option<(usize, f32)>> {
+    let sole_successor = |id: usize| -> Option<usize> {
+        let [s] = model.node(id).outputs[0].successors.as_slice() else {
+            return None;
+        };
+        Some(s.node)
+    };
+    let sums_over = |id: usize, axis: Option<usize>| -> bool {
+        model.node(id).op_as::<Reduce>().is_some_and(|r| {
+            r.reducer == Reducer::Sum && axis.is_some_and(|a| r.axes.as_slice() == [a])
+        })
+    };
+    let head = scores.iter().position(|&r| r == Role::Head);
+    if !sums_over(first, head) {
+        return Ok(None);
+    }
+    let Some(mul) = sole_successor(first) else {
+        return Ok(None);
+    };
+    let mul_node = model.node(mul);
+    let is_mul = mul_node
+        .op_as::<TypedBinOp>()
+        .is_some_and(|b| b.0.name() == "Mul");
+    if !is_mul || mul_node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let mut factor = None;
+    for &i in &mul_node.inputs {
+        let fact = model.outlet_fact(i)?;
+        if let Some(k) = fact.konst.as_ref().filter(|k| k.len() == 1) {
+            factor = k.cast_to_scalar::<f32>().ok();
+        } else if i.node != first {
+            return Ok(None);
+        }
+    }
+    let (Some(factor), Some(rm)) = (factor, sole_successor(mul)) else {
+        return Ok(None);
+    };
+    let removes_head = matches!(
+        model.node(rm).op_as::<AxisOp>(),
+        Some(AxisOp::Rm(a)) if Some(*a) == head
+    );
+    let mut rest: Vec<Role> = scores.to_vec();
+    if let Some(h) = head {
+        rest.remove(h);
+    }
+    let Some(last) = sole_successor(rm) else {
+        return Ok(None);
+    };
+    let query = rest.iter().position(|&r| r == Role::Query);
+    if !removes_head || !sums_over(last, query) {
+        return Ok(None);
+    }
+    Ok(Some((last, factor)))
 }
 
 fn plain_f32(op: &EinSum) -> bool {

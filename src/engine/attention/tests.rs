@@ -37,7 +37,22 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32) {
 fn check(g: Geometry, scale: f32, amp: f32, split: usize, seed: u64) {
     let qkv = values(g.rows() * g.qkv_row(), seed, amp);
     let mut want = vec![f32::NAN; g.rows() * g.out_row()];
-    kernel::attend(Kind::Reference, &g, scale, &qkv, &mut want);
+    let mut want_recv = vec![0f32; g.rows()];
+    kernel::attend(
+        Kind::Reference,
+        &g,
+        scale,
+        &qkv,
+        &mut want,
+        Some(&mut want_recv),
+    );
+    // Each query row hands out probability 1 per head.
+    let total: f32 = want_recv.iter().sum();
+    let expect = (g.rows() * g.heads) as f32;
+    assert!(
+        (total - expect).abs() <= 1e-3 * expect,
+        "{total} vs {expect}"
+    );
     let Some(kind) = Kind::best() else {
         return;
     };
@@ -45,16 +60,30 @@ fn check(g: Geometry, scale: f32, amp: f32, split: usize, seed: u64) {
         return;
     }
     let mut got = vec![f32::NAN; want.len()];
-    kernel::attend(kind, &g, scale, &qkv, &mut got);
+    let mut got_recv = vec![0f32; g.rows()];
+    kernel::attend(kind, &g, scale, &qkv, &mut got, Some(&mut got_recv));
     assert_close(&got, &want, 2e-5);
+    assert_close(&got_recv, &want_recv, 2e-5);
 
     let mut parts = vec![f32::NAN; want.len()];
+    let mut parts_recv = vec![0f32; g.rows()];
     let mut scratch = vec![0f32; kernel::scratch_len(kind, g.tokens, g.dim)];
     let rows_per = split.clamp(1, g.rows().max(1));
     for (c, chunk) in parts.chunks_mut(rows_per * g.out_row()).enumerate() {
-        kernel::attend_rows(kind, &g, scale, &qkv, c * rows_per, chunk, &mut scratch);
+        let recv = Some(&mut parts_recv[..]);
+        kernel::attend_rows(
+            kind,
+            &g,
+            scale,
+            &qkv,
+            c * rows_per,
+            chunk,
+            &mut scratch,
+            recv,
+        );
     }
     assert_close(&parts, &want, 2e-5);
+    assert_close(&parts_recv, &want_recv, 2e-5);
 }
 
 #[test]
@@ -96,9 +125,20 @@ fn reference_is_attention() {
     // rows: [q, k, v] per token
     let qkv = [1.0, ln3, 10.0, 1.0, 0.0, 20.0];
     let mut out = [0f32; 2];
-    kernel::attend(Kind::Reference, &g, 1.0, &qkv, &mut out);
+    let mut received = [0f32; 2];
+    kernel::attend(
+        Kind::Reference,
+        &g,
+        1.0,
+        &qkv,
+        &mut out,
+        Some(&mut received),
+    );
     assert!((out[0] - 12.5).abs() < 1e-4, "{out:?}");
     assert!((out[1] - 12.5).abs() < 1e-4, "{out:?}");
+    // Both queries give the first key 3/4 and the second 1/4.
+    assert!((received[0] - 1.5).abs() < 1e-5, "{received:?}");
+    assert!((received[1] - 0.5).abs() < 1e-5, "{received:?}");
 }
 
 proptest! {

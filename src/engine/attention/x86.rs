@@ -30,7 +30,8 @@ pub fn scratch_len(tokens: usize, dim: usize) -> usize {
     (dim + TILE) * padded(tokens)
 }
 
-/// Queries `rows` of item `b`, head `h` into `out` (those rows only, all heads wide).
+/// Queries `rows` of item `b`, head `h` into `out` (those rows only, all heads wide);
+/// with `received` (`g.tokens` floats), adds each key's probability from these rows.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA ([`available`]); `g.dim % LANES == 0`; `qkv` holds
@@ -48,6 +49,7 @@ pub unsafe fn head(
     rows: Range<usize>,
     out: &mut [f32],
     scratch: &mut [f32],
+    mut received: Option<&mut [f32]>,
 ) {
     let (t, d) = (g.tokens, g.dim);
     let tp = padded(t);
@@ -121,6 +123,15 @@ pub unsafe fn head(
             // Padded lanes hold exp(-inf) clamped to ~1e-38 each: below f32 rounding of
             // a sum that is at least 1 (the max's own term).
             *inv = 1.0 / hsum(sum);
+        }
+        // What each key received from this tile's real rows (pruning scores).
+        if let Some(recv) = received.as_deref_mut() {
+            for (r, &w) in inv.iter().enumerate().take(valid) {
+                let row = std::slice::from_raw_parts(s.add(r * tp), t);
+                for (acc, &p) in recv.iter_mut().zip(row) {
+                    *acc += p * w;
+                }
+            }
         }
 
         // Output: O[r, :] = (sum_j P[r, j] v_j) / sum_r.
