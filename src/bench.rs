@@ -161,12 +161,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the maskd executable")?;
     let mut rounds: Vec<Vec<RoundResult>> = vec![Vec::new(); args.manifests.len()];
     for round in 0..args.rounds.max(1) {
-        // Odd rounds run the variants in reverse, so neither always goes first.
-        let mut order: Vec<usize> = (0..args.manifests.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in turn_order(args.manifests.len(), round) {
             let manifest = &args.manifests[i];
             eprintln!(
                 "bench: round {}/{} {} ({:?})",
@@ -383,12 +378,22 @@ fn summarise(
     Ok(out)
 }
 
+/// The order variants take their turn `n`: reversed on odd turns, so that none always
+/// goes first.
+fn turn_order(variants: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..variants).collect();
+    if n % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 fn round_ms(v: &VariantSummary) -> Vec<f64> {
     v.rounds.iter().map(|r| r.median_ms).collect()
 }
 
-/// Speed of `variant` relative to `base`: the median over rounds of the two variants'
-/// ratio in that round. Rounds run the variants back to back, so a shift of the shared
+/// Speed of `variant` relative to `base`: the median over rounds (or interleaved
+/// frames) of the two variants' ratio in that round. Rounds run the variants back to back, so a shift of the shared
 /// machine's speed between rounds (seen here as bimodal round medians, ±30 %) cancels
 /// within each pair instead of landing on whichever variant it happened to hit.
 fn paired_ratio(base: &[f64], variant: &[f64]) -> f64 {
@@ -462,34 +467,59 @@ fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
         args.prompts.len()
     );
     println!(
-        "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7} {:>10} {:>10} {:>8}",
-        "manifest",
-        "kernel",
-        "ms/frame",
-        "fps",
-        "x fps",
-        "model MB",
-        "x size",
+        "{} {:>10} {:>10} {:>8}",
+        speed_header(),
         "RSS MB",
         "peak MB",
         "allocs/f"
     );
     for r in rows {
         println!(
-            "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2} {:>10.1} {:>10.1} {:>8}",
-            r.manifest.display().to_string(),
-            format!("{:?}", r.sparse_kernel).to_lowercase(),
-            r.median_ms,
-            r.fps,
-            r.fps_ratio,
-            r.model_bytes as f64 / 1e6,
-            r.model_bytes_ratio,
+            "{} {:>10.1} {:>10.1} {:>8}",
+            speed_cells(
+                &r.manifest,
+                r.sparse_kernel,
+                r.median_ms,
+                r.fps,
+                r.fps_ratio,
+                r.model_bytes,
+                r.model_bytes_ratio
+            ),
             r.rss_bytes as f64 / 1e6,
             r.peak_rss_bytes as f64 / 1e6,
             r.allocs_per_frame
                 .map_or_else(|| "n/a".to_string(), |a| format!("{a:.1}"))
         );
     }
+}
+
+/// The columns every bench table starts with (see [`speed_cells`]).
+fn speed_header() -> String {
+    format!(
+        "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7}",
+        "manifest", "kernel", "ms/frame", "fps", "x fps", "model MB", "x size"
+    )
+}
+
+fn speed_cells(
+    manifest: &Path,
+    kernel: KernelArg,
+    median_ms: f64,
+    fps: f64,
+    fps_ratio: f64,
+    model_bytes: u64,
+    model_bytes_ratio: f64,
+) -> String {
+    format!(
+        "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
+        manifest.display().to_string(),
+        format!("{kernel:?}").to_lowercase(),
+        median_ms,
+        fps,
+        fps_ratio,
+        model_bytes as f64 / 1e6,
+        model_bytes_ratio
+    )
 }
 
 /// Bytes on disk of the segmenter graph and of the external-data files beside it

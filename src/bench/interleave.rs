@@ -10,7 +10,10 @@
 
 use serde::Serialize;
 
-use super::{model_bytes, percentile, BenchArgs, KernelArg, Loaded};
+use super::{
+    model_bytes, paired_ratio, percentile, speed_cells, speed_header, turn_order, BenchArgs,
+    KernelArg, Loaded,
+};
 
 /// One variant's figures from an interleaved run.
 #[derive(Debug, Clone, Serialize)]
@@ -20,7 +23,7 @@ pub struct InterleavedSummary {
     pub model_bytes: u64,
     pub median_ms: f64,
     pub fps: f64,
-    /// Median over steps of (first variant's frame time / this variant's).
+    /// Median over steps of (first variant's frame time / this variant's): [`paired_ratio`].
     pub fps_ratio: f64,
     pub model_bytes_ratio: f64,
     pub frames: usize,
@@ -35,31 +38,24 @@ pub fn run(args: &BenchArgs, kernels: &[KernelArg]) -> anyhow::Result<Vec<Interl
     let steps = args.frames.max(1) * args.rounds.max(1);
     let mut times = vec![Vec::with_capacity(steps); loaded.len()];
     for step in 0..steps {
-        // Alternate which variant goes first, so neither always follows the other.
-        let mut order: Vec<usize> = (0..loaded.len()).collect();
-        if step % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in turn_order(loaded.len(), step) {
             times[i].push(loaded[i].frame(10 + step as u64)?);
         }
     }
     let base = times.first().cloned().unwrap_or_default();
-    let base_bytes = args.manifests.first().map(|m| model_bytes(m)).transpose()?;
-    let mut out = Vec::with_capacity(loaded.len());
+    let mut out: Vec<InterleavedSummary> = Vec::with_capacity(loaded.len());
     for ((manifest, &kernel), t) in args.manifests.iter().zip(kernels).zip(times) {
-        let mut ratios: Vec<f64> = base.iter().zip(&t).map(|(b, v)| b / v.max(1e-9)).collect();
-        let mut sorted = t.clone();
-        let median_ms = percentile(&mut sorted, 0.5);
+        let median_ms = percentile(&mut t.clone(), 0.5);
         let bytes = model_bytes(manifest)?;
+        let base_bytes = out.first().map_or(bytes, |b| b.model_bytes);
         out.push(InterleavedSummary {
             manifest: manifest.clone(),
             sparse_kernel: kernel,
             model_bytes: bytes,
             median_ms,
             fps: 1e3 / median_ms.max(1e-9),
-            fps_ratio: percentile(&mut ratios, 0.5),
-            model_bytes_ratio: bytes as f64 / base_bytes.unwrap_or(bytes).max(1) as f64,
+            fps_ratio: paired_ratio(&base, &t),
+            model_bytes_ratio: bytes as f64 / base_bytes.max(1) as f64,
             frames: t.len(),
         });
     }
@@ -73,20 +69,19 @@ pub fn print(args: &BenchArgs, rows: &[InterleavedSummary]) {
         args.threads.max(1),
         args.prompts.len()
     );
-    println!(
-        "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7}",
-        "manifest", "kernel", "ms/frame", "fps", "x fps", "model MB", "x size"
-    );
+    println!("{}", speed_header());
     for r in rows {
         println!(
-            "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
-            r.manifest.display().to_string(),
-            format!("{:?}", r.sparse_kernel).to_lowercase(),
-            r.median_ms,
-            r.fps,
-            r.fps_ratio,
-            r.model_bytes as f64 / 1e6,
-            r.model_bytes_ratio
+            "{}",
+            speed_cells(
+                &r.manifest,
+                r.sparse_kernel,
+                r.median_ms,
+                r.fps,
+                r.fps_ratio,
+                r.model_bytes,
+                r.model_bytes_ratio
+            )
         );
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod gelu;
+pub mod graph;
 pub mod layernorm;
 pub mod manifest;
 pub mod mulsum;
@@ -23,6 +24,8 @@ pub mod prompts;
 pub mod segmenter;
 pub mod sparse;
 pub mod stages;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod text;
 pub mod upsample;
 

@@ -12,6 +12,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Mul;
 use tract_core::ops::nn::{Reduce, Reducer};
 
+use super::graph::substitute;
 use super::parallel::par_rows;
 
 /// `y[o, 0, x] = sum_d a[o, d, x] * b[o or 0, d, x]`, with `a` viewed as
@@ -126,15 +127,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         };
         let name = model.node(id).name.clone();
         let inputs = model.node(mul).inputs.clone();
-        let mut patch = TypedModelPatch::default();
-        let taps = inputs
-            .iter()
-            .map(|&i| patch.tap_model(model, i))
-            .collect::<TractResult<TVec<_>>>()?;
-        let wire = patch.wire_node(&name, op, &taps)?[0];
-        patch.shunt_outside(model, id.into(), wire)?;
-        patch
-            .apply(model)
+        substitute(model, &name, op, &inputs, &[id.into()])
             .with_context(|| format!("node `{name}`: fusing Mul and ReduceSum"))?;
         replaced += 1;
     }
@@ -195,6 +188,7 @@ fn find(model: &TypedModel, id: usize) -> TractResult<Option<(usize, MulSum)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testutil::{assert_close, f32s, run_first};
     use tract_core::ops::math::mul;
 
     /// `sum(a * b, axis 2)` for a `[1, 3, 4, 5, 6]` and b `b_shape`, optionally with b first.
@@ -217,13 +211,7 @@ mod tests {
         let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.17).cos()).collect();
         let a = Tensor::from_shape(&[1, 3, 4, 5, 6], &a).expect("a");
         let b = Tensor::from_shape(b_shape, &b).expect("b");
-        let plan = m.into_runnable().expect("plan");
-        let mut out = plan
-            .spawn()
-            .expect("state")
-            .run(tvec!(a.into_tvalue(), b.into_tvalue()))
-            .expect("run");
-        out.remove(0).into_tensor()
+        run_first(m, [a, b])
     }
 
     #[test]
@@ -238,17 +226,7 @@ mod tests {
             assert_eq!(apply(&mut m).expect("apply"), 1, "{b_shape:?}");
             let got = run(m, &b_shape);
             assert_eq!(got.shape(), want.shape());
-            let (g, w) = (
-                got.try_as_plain_ram().expect("plain"),
-                want.try_as_plain_ram().expect("plain"),
-            );
-            let (g, w) = (
-                g.as_slice::<f32>().expect("f32"),
-                w.as_slice::<f32>().expect("f32"),
-            );
-            for (a, b) in g.iter().zip(w) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
-            }
+            assert_close(&f32s(&got), &f32s(&want), 1e-5);
         }
     }
 

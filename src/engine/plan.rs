@@ -178,24 +178,25 @@ impl Plan {
                 sparse::mode_name(options.sparse_kernel)
             )
         })?;
+        // Each rewrite puts maskd's op (named here) where it proves the subgraph
+        // equivalent, and reports how many.
+        type Rewrite = fn(&mut TypedModel) -> TractResult<usize>;
+        let mut rewrites: Vec<(Rewrite, &str)> = vec![];
         if !options.tract_resize {
-            let n = upsample::apply(&mut typed)
-                .with_context(|| format!("{}: rewriting Resize nodes", shown.display()))?;
-            log::debug!("{}: {n} Resize nodes run as Upsample2d", shown.display());
+            rewrites.push((upsample::apply, "Upsample2d"));
         }
         if !options.tract_ops {
-            let n = attention::apply(&mut typed)
-                .with_context(|| format!("{}: fusing attention", shown.display()))?;
-            log::debug!("{}: {n} attention subgraphs fused", shown.display());
-            let n = gelu::apply(&mut typed)
-                .with_context(|| format!("{}: rewriting GELU", shown.display()))?;
-            log::debug!("{}: {n} GELU nodes on SIMD", shown.display());
-            let n = layernorm::apply(&mut typed)
-                .with_context(|| format!("{}: fusing LayerNorm", shown.display()))?;
-            log::debug!("{}: {n} LayerNorm chains fused", shown.display());
-            let n = mulsum::apply(&mut typed)
-                .with_context(|| format!("{}: fusing Mul and ReduceSum", shown.display()))?;
-            log::debug!("{}: {n} Mul+ReduceSum pairs fused", shown.display());
+            rewrites.extend([
+                (attention::apply as Rewrite, "Attention"),
+                (gelu::apply, "FastGelu"),
+                (layernorm::apply, "LayerNorm"),
+                (mulsum::apply, "MulSum"),
+            ]);
+        }
+        for (apply, op) in rewrites {
+            let n = apply(&mut typed)
+                .with_context(|| format!("{}: rewriting to {op}", shown.display()))?;
+            log::debug!("{}: {n} {op} nodes", shown.display());
         }
         let typed = typed
             .into_optimized()

@@ -183,6 +183,7 @@ impl Segmenter {
 pub(crate) mod tests {
     use super::*;
     use crate::engine::preprocess::Preprocessor;
+    use crate::engine::testutil::{count_ops, max_abs_diff};
     use crate::source::FrameView;
     use std::path::{Path, PathBuf};
 
@@ -302,13 +303,14 @@ pub(crate) mod tests {
         (masks.to_vec(), scores.to_vec())
     }
 
+    /// Nodes of the segmenter's plan whose op is `name`.
+    fn ops(seg: &Segmenter, name: &str) -> usize {
+        count_ops(seg.plan.plan.model(), name)
+    }
+
+    /// Largest difference over both outputs (masks, presence).
     fn max_diff(a: &(Vec<f32>, Vec<f32>), b: &(Vec<f32>, Vec<f32>)) -> f32 {
-        assert_eq!(a.0.len(), b.0.len());
-        a.0.iter()
-            .zip(&b.0)
-            .chain(a.1.iter().zip(&b.1))
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
+        max_abs_diff(&a.0, &b.0).max(max_abs_diff(&a.1, &b.1))
     }
 
     /// The shipped 2:4 model: all 40 compressed layers run on the sparse kernel, and the
@@ -333,15 +335,6 @@ pub(crate) mod tests {
     /// tract's general `Resize` gives.
     #[test]
     fn default_model_upsample_matches_tract_resize() {
-        let ops = |seg: &Segmenter, name: &str| {
-            seg.plan
-                .plan
-                .model()
-                .nodes()
-                .iter()
-                .filter(|n| n.op().name() == name)
-                .count()
-        };
         let fast = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
             assert_eq!(ops(seg, "Upsample2d"), 3);
             assert_eq!(ops(seg, "Resize"), 0);
@@ -362,23 +355,13 @@ pub(crate) mod tests {
     /// mask head's product and sum as one, and the result is what tract's own nodes give.
     #[test]
     fn default_model_fused_ops_match_tract() {
-        let ops = |seg: &Segmenter, name: &str| {
-            seg.plan
-                .plan
-                .model()
-                .nodes()
-                .iter()
-                .filter(|n| n.op().name() == name)
-                .count()
-        };
-        let count = |seg: &Segmenter| ops(seg, "Attention");
         let expect = if crate::engine::attention::kernel::Kind::best().is_some() {
             10
         } else {
             0
         };
         let fused = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
-            assert_eq!(count(seg), expect);
+            assert_eq!(ops(seg, "Attention"), expect);
             assert_eq!(ops(seg, "LayerNorm"), 22);
             assert_eq!(ops(seg, "MulSum"), 1);
             assert_eq!(ops(seg, "RmsNorm"), 0);
@@ -388,7 +371,7 @@ pub(crate) mod tests {
             ..PlanOptions::default()
         };
         let tract = run_shipped("models/default.toml", &options, |seg| {
-            assert_eq!(count(seg), 0);
+            assert_eq!(ops(seg, "Attention"), 0);
             assert_eq!(ops(seg, "LayerNorm"), 0);
         });
         let worst = max_diff(&fused, &tract);

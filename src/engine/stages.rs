@@ -250,6 +250,7 @@ mod tests {
     use crate::engine::preprocess::Preprocessor;
     use crate::engine::segmenter::tests::{fixture_manifest, fixture_rgb, frame};
     use crate::engine::segmenter::Segmenter;
+    use crate::engine::testutil::max_abs_diff;
     use std::path::Path;
 
     /// Pseudo-random unit vectors, deterministic.
@@ -299,14 +300,10 @@ mod tests {
                 "block {b}: {attn:?}"
             );
         }
-        let diff = |a: &[f32], b: &[f32]| {
-            assert_eq!(a.len(), b.len());
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        };
-        (diff(masks, full_masks), diff(scores, full_scores))
+        (
+            max_abs_diff(masks, full_masks),
+            max_abs_diff(scores, full_scores),
+        )
     }
 
     #[test]
@@ -473,18 +470,14 @@ mod tests {
         let tokens = m.stages.as_ref().unwrap().tokens;
         assert_eq!(fast.1[0].len(), tokens);
         assert_eq!(fast.1[1].len(), tokens / 2, "block 1 saw the kept half");
-        let diff = |a: &[f32], b: &[f32]| {
-            assert_eq!(a.len(), b.len());
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        };
         for (b, (f, t)) in fast.1.iter().zip(&tract.1).enumerate() {
-            let d = diff(f, t);
+            let d = max_abs_diff(f, t);
             assert!(d <= 1e-5, "block {b}: received attention differs by {d}");
         }
-        let (md, sd) = (diff(&fast.2, &tract.2), diff(&fast.3, &tract.3));
+        let (md, sd) = (
+            max_abs_diff(&fast.2, &tract.2),
+            max_abs_diff(&fast.3, &tract.3),
+        );
         assert!(
             md <= 1e-4 && sd <= 1e-4,
             "mask diff {md}, presence diff {sd}"

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use tract_core::internal::*;
 use tract_core::ops::nn::resize::{CoordTransformer, Interpolator, Resize};
 
+use super::graph::substitute;
+
 /// Widest output row the op handles: two interpolated rows live on the stack.
 pub const MAX_WIDTH: usize = 1024;
 
@@ -218,12 +220,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         let node = model.node(id);
         let name = node.name.clone();
         let input = node.inputs[0];
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, input)?;
-        let wire = patch.wire_node(&name, op, &[tap])?[0];
-        patch.shunt_outside(model, id.into(), wire)?;
-        patch
-            .apply(model)
+        substitute(model, &name, op, &[input], &[id.into()])
             .with_context(|| format!("node `{name}`: rewriting Resize to Upsample2d"))?;
         replaced += 1;
     }
@@ -270,6 +267,7 @@ fn upsample_for(model: &TypedModel, id: usize) -> TractResult<Option<Upsample2d>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testutil::{assert_close, f32s, run_first};
     use proptest::prelude::*;
     use tract_core::ops::nn::resize::Nearest;
 
@@ -302,13 +300,7 @@ mod tests {
     fn run(model: TypedModel, x: &Tensor, rewrite: impl FnOnce(&mut TypedModel)) -> Tensor {
         let mut model = model.into_decluttered().expect("declutter");
         rewrite(&mut model);
-        let plan = model.into_runnable().expect("plan");
-        let mut out = plan
-            .spawn()
-            .expect("state")
-            .run(tvec!(x.clone().into_tvalue()))
-            .expect("run");
-        out.remove(0).into_tensor()
+        run_first(model, [x.clone()])
     }
 
     fn input(n: usize, c: usize, h: usize, w: usize, seed: u32) -> Tensor {
@@ -319,20 +311,9 @@ mod tests {
         Tensor::from_shape(&[n, c, h, w], &v).expect("tensor")
     }
 
-    fn assert_close(a: &Tensor, b: &Tensor) {
+    fn assert_same(a: &Tensor, b: &Tensor) {
         assert_eq!(a.shape(), b.shape());
-        let a = a.try_as_plain_ram().expect("plain");
-        let b = b.try_as_plain_ram().expect("plain");
-        let (a, b) = (
-            a.as_slice::<f32>().expect("f32"),
-            b.as_slice::<f32>().expect("f32"),
-        );
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                "at {i}: {x} vs {y}"
-            );
-        }
+        assert_close(&f32s(a), &f32s(b), 1e-5);
     }
 
     /// The model's three upsamples and a few odd ones, through the rewrite.
@@ -356,7 +337,7 @@ mod tests {
                 let done = apply(m).expect("apply");
                 assert_eq!(done, if rewritable { before } else { 0 });
             });
-            assert_close(&got, &want);
+            assert_same(&got, &want);
         }
     }
 

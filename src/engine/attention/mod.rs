@@ -31,6 +31,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
 
+use super::graph::substitute;
 use super::parallel::par_rows;
 use kernel::{Geometry, Kind};
 
@@ -110,8 +111,8 @@ impl Op for Attention {
 }
 
 thread_local! {
-    /// Per-thread scratch (keys transposed, score rows), grown once and reused: the
-    /// frame loop and tract's pool threads run every frame.
+    /// Per-thread scratch (keys transposed, score rows, received sums), grown once and
+    /// reused: the frame loop and tract's pool threads run every frame.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -154,19 +155,49 @@ impl EvalOp for Attention {
         // `attend_rows` (the kernel tests poison outputs with NaN to check it).
         let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        // Each thread sums what keys received from its rows, then adds into the total.
-        let received = self.received.map(|_| Mutex::new(vec![0f32; g.rows()]));
+        let mut received = match self.received {
+            Some(spec) => {
+                ensure!(
+                    spec.batch_axis || batch == 1,
+                    "Attention: batch {batch} where the graph drops the batch axis"
+                );
+                let shape: TVec<usize> = if spec.batch_axis {
+                    tvec![batch, 1, tokens]
+                } else {
+                    tvec![1, tokens]
+                };
+                Some((spec.factor, Tensor::zero::<f32>(&shape)?))
+            }
+            None => None,
+        };
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
+            let mut received_view = match &mut received {
+                Some((_, t)) => Some(t.try_as_plain_ram_mut()?),
+                None => None,
+            };
+            // Each thread sums what keys received from its rows in its scratch, then
+            // adds that into the output.
+            let total = match &mut received_view {
+                Some(v) => Some(Mutex::new(v.as_slice_mut::<f32>()?)),
+                None => None,
+            };
+            let rows = g.rows();
             let need = kernel::scratch_len(self.kind, tokens, self.dim);
+            let extra = if total.is_some() { rows } else { 0 };
             // Whole 6-query tiles per thread.
             par_rows(ys, g.out_row().max(1), 6, g.work(), |first, chunk| {
-                let mut local = received.as_ref().map(|_| vec![0f32; g.rows()]);
                 SCRATCH.with_borrow_mut(|s| {
-                    if s.len() < need {
-                        s.resize(need, 0.0);
+                    if s.len() < need + extra {
+                        s.resize(need + extra, 0.0);
                     }
+                    let (scratch, local) = s.split_at_mut(need);
+                    let mut local = total.as_ref().map(|_| {
+                        let l = &mut local[..rows];
+                        l.fill(0.0);
+                        l
+                    });
                     kernel::attend_rows(
                         self.kind,
                         &g,
@@ -174,36 +205,29 @@ impl EvalOp for Attention {
                         xs,
                         first,
                         chunk,
-                        s,
+                        scratch,
                         local.as_deref_mut(),
                     );
-                });
-                if let (Some(total), Some(local)) = (&received, local) {
-                    let mut total = total
-                        .lock()
-                        .map_err(|_| format_err!("Attention: a thread panicked"))?;
-                    total.iter_mut().zip(local).for_each(|(t, l)| *t += l);
-                }
-                Ok(())
+                    if let (Some(total), Some(local)) = (&total, local) {
+                        let mut total = total
+                            .lock()
+                            .map_err(|_| format_err!("Attention: a thread panicked"))?;
+                        total
+                            .iter_mut()
+                            .zip(local.iter())
+                            .for_each(|(t, l)| *t += l);
+                    }
+                    Ok(())
+                })
             })?;
         }
-        let (Some(spec), Some(received)) = (self.received, received) else {
+        let Some((factor, mut r)) = received else {
             return Ok(tvec!(y.into_tvalue()));
         };
-        let mut r = received
-            .into_inner()
-            .map_err(|_| format_err!("Attention: a thread panicked"))?;
-        r.iter_mut().for_each(|v| *v *= spec.factor);
-        ensure!(
-            spec.batch_axis || batch == 1,
-            "Attention: batch {batch} where the graph drops the batch axis"
-        );
-        let shape: TVec<usize> = if spec.batch_axis {
-            tvec![batch, 1, tokens]
-        } else {
-            tvec![1, tokens]
-        };
-        let r = Tensor::from_shape(&shape, &r)?;
+        r.try_as_plain_ram_mut()?
+            .as_slice_mut::<f32>()?
+            .iter_mut()
+            .for_each(|v| *v *= factor);
         Ok(tvec!(y.into_tvalue(), r.into_tvalue()))
     }
 }
@@ -260,15 +284,9 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let name = format!("{}.attention", model.node(found.softmax).name);
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, found.qkv)?;
-        let wires = patch.wire_node(&name, found.op, &[tap])?;
-        patch.shunt_outside(model, found.output.into(), wires[0])?;
-        if let (Some(node), Some(&wire)) = (found.received, wires.get(1)) {
-            patch.shunt_outside(model, node.into(), wire)?;
-        }
-        patch
-            .apply(model)
+        let mut outputs: TVec<OutletId> = tvec![found.output.into()];
+        outputs.extend(found.received.map(OutletId::from));
+        substitute(model, &name, found.op, &[found.qkv], &outputs)
             .with_context(|| format!("node `{name}`: fusing attention"))?;
         replaced += 1;
     }

@@ -9,6 +9,7 @@ use tract_core::ops::nn::Softmax;
 
 use super::kernel::{self, Geometry, Kind};
 use super::*;
+use crate::engine::testutil::{assert_close, f32s, run_first};
 
 fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
     let mut s = seed
@@ -22,13 +23,6 @@ fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
         })
         .collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "at {i}: {g} vs {w}");
-    }
 }
 
 /// Every kernel this CPU has, whole and split into arbitrary row chunks (as the
@@ -218,16 +212,6 @@ fn attention_model(
     m
 }
 
-fn run(model: TypedModel, x: &Tensor) -> Tensor {
-    let plan = model.into_runnable().expect("plan");
-    let mut out = plan
-        .spawn()
-        .expect("state")
-        .run(tvec!(x.clone().into_tvalue()))
-        .expect("run");
-    out.remove(0).into_tensor()
-}
-
 fn rewrite_case(batch: Option<usize>, exprs: [&str; 2], fused: bool) {
     let (t, h, d) = (13, 2, 16);
     let model = attention_model(batch, t, h, d, exprs);
@@ -237,26 +221,14 @@ fn rewrite_case(batch: Option<usize>, exprs: [&str; 2], fused: bool) {
         None => vec![t, 3 * h * d],
     };
     let x = Tensor::from_shape(&shape, &values(n, 3, 2.0)).expect("tensor");
-    let want = run(model.clone(), &x);
+    let want = run_first(model.clone(), [x.clone()]);
     let mut model = model;
     let done = apply(&mut model).expect("apply");
     let expect = usize::from(fused && Kind::best().is_some_and(|k| k.supports(d)));
     assert_eq!(done, expect, "{exprs:?}");
-    let got = run(model, &x);
+    let got = run_first(model, [x]);
     assert_eq!(got.shape(), want.shape());
-    let (g, w) = (
-        got.try_as_plain_ram()
-            .expect("plain")
-            .as_slice::<f32>()
-            .expect("f32")
-            .to_vec(),
-        want.try_as_plain_ram()
-            .expect("plain")
-            .as_slice::<f32>()
-            .expect("f32")
-            .to_vec(),
-    );
-    assert_close(&g, &w, 1e-5);
+    assert_close(&f32s(&got), &f32s(&want), 1e-5);
 }
 
 #[test]

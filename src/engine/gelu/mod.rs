@@ -12,23 +12,25 @@ mod x86;
 
 use tract_core::internal::*;
 
+use super::graph::substitute;
 use super::parallel::par_rows;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluApproximate;
-
-/// Whether this CPU has the SIMD GELU (and tract lacks one).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() && !is_x86_feature_detected!("avx512f") {
-        return true;
-    }
-    false
-}
 
 /// Whether [`run`] is SIMD code on this CPU (false: it is the scalar reference).
 pub fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
+        return true;
+    }
+    false
+}
+
+/// Whether [`apply`] replaces tract's GELU: where [`run`] is SIMD and tract's is not
+/// (tract has AVX-512 and NEON GELUs).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if simd() && !is_x86_feature_detected!("avx512f") {
         return true;
     }
     false
@@ -125,12 +127,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         }
         let name = node.name.clone();
         let input = node.inputs[0];
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, input)?;
-        let wire = patch.wire_node(&name, FastGelu, &[tap])?[0];
-        patch.shunt_outside(model, id.into(), wire)?;
-        patch
-            .apply(model)
+        substitute(model, &name, FastGelu, &[input], &[id.into()])
             .with_context(|| format!("node `{name}`: GELU on SIMD"))?;
         replaced += 1;
     }
@@ -140,6 +137,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testutil::{f32s, run_first};
     use proptest::prelude::*;
 
     /// tract's rational tanh is off by ~4e-7 near its clamp, which `0.5·x` scales: an
@@ -187,32 +185,12 @@ mod tests {
         model.select_output_outlets(&y).expect("outputs");
         let xs: Vec<f32> = (0..5 * 37).map(|i| (i as f32 - 92.0) / 15.0).collect();
         let input = Tensor::from_shape(&[5, 37], &xs).expect("tensor");
-        let run_model = |m: TypedModel| {
-            let plan = m.into_runnable().expect("plan");
-            let mut out = plan
-                .spawn()
-                .expect("state")
-                .run(tvec!(input.clone().into_tvalue()))
-                .expect("run");
-            out.remove(0).into_tensor()
-        };
-        let want = run_model(model.clone());
+        let want = f32s(&run_first(model.clone(), [input.clone()]));
         let mut fast = model;
         assert_eq!(apply(&mut fast).expect("apply"), usize::from(available()));
-        let got = run_model(fast);
-        let (g, w) = (
-            got.try_as_plain_ram()
-                .expect("plain")
-                .as_slice::<f32>()
-                .expect("f32")
-                .to_vec(),
-            want.try_as_plain_ram()
-                .expect("plain")
-                .as_slice::<f32>()
-                .expect("f32")
-                .to_vec(),
-        );
-        for (a, b) in g.iter().zip(&w) {
+        let got = f32s(&run_first(fast, [input]));
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
             assert!(close(*a, *b), "{a} vs {b}");
         }
     }

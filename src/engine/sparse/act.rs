@@ -13,6 +13,7 @@ use tract_core::ops::nn::GeluApproximate;
 
 use super::op::NmMatMul;
 use crate::engine::gelu;
+use crate::engine::graph::substitute;
 
 /// Fuses every `NmMatMul -> GeluApproximate (tanh form, f32)` whose matmul output
 /// feeds only the GELU; returns how many.
@@ -27,12 +28,8 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
         };
         let with_gelu = op.with_gelu();
         let name = model.node(id).name.clone();
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, model.node(id).inputs[0])?;
-        let y = patch.wire_node(&name, with_gelu, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(gelu_id, 0), y)?;
-        patch
-            .apply(model)
+        let x = model.node(id).inputs[0];
+        substitute(model, &name, with_gelu, &[x], &[OutletId::new(gelu_id, 0)])
             .with_context(|| format!("node `{name}`: fusing its GELU"))?;
         fused += 1;
     }
@@ -63,7 +60,8 @@ fn fusable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maskd_sparse::{NmMatrix, NmPattern};
+    use crate::engine::sparse::tests::layer;
+    use crate::engine::testutil::{f32s, run_first};
     use tract_core::ops::nn::gelu_approximate::gelu_approximate;
 
     const K: usize = 16;
@@ -71,13 +69,9 @@ mod tests {
 
     /// x[5,K] -> NmMatMul -> GELU; `reuse` also outputs the matmul, blocking the fusion.
     fn model(reuse: bool) -> TypedModel {
-        let w: Vec<f32> = (0..K * N).map(|i| (i as f32 * 0.37).sin()).collect();
-        let m = NmMatrix::from_dense_pruned(&w, K, N, NmPattern::TWO_FOUR).expect("matrix");
-        let op =
-            NmMatMul::new(m, Some((0..N).map(|i| i as f32 * 0.1 - 1.0).collect())).expect("op");
         let mut g = TypedModel::default();
         let x = g.add_source("x", f32::fact([5, K])).expect("source");
-        let y = g.wire_node("fc1", op, &[x]).expect("fc1")[0];
+        let y = g.wire_node("fc1", layer(K, N, true), &[x]).expect("fc1")[0];
         let z = g
             .wire_node("act", gelu_approximate(false), &[y])
             .expect("gelu")[0];
@@ -88,21 +82,7 @@ mod tests {
 
     fn run(g: TypedModel) -> Vec<f32> {
         let x: Vec<f32> = (0..5 * K).map(|i| (i as f32 * 0.29).cos() * 2.0).collect();
-        let x = Tensor::from_shape(&[5, K], &x).expect("x");
-        let plan = g.into_runnable().expect("plan");
-        let out = plan
-            .spawn()
-            .expect("state")
-            .run(tvec!(x.into_tvalue()))
-            .expect("run");
-        let t = out[0].clone().into_tensor();
-        let v = t
-            .try_as_plain_ram()
-            .expect("plain")
-            .as_slice::<f32>()
-            .expect("f32")
-            .to_vec();
-        v
+        f32s(&run_first(g, [Tensor::from_shape(&[5, K], &x).expect("x")]))
     }
 
     #[test]

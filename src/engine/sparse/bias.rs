@@ -10,6 +10,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
 
 use super::op::NmMatMul;
+use crate::engine::graph::substitute;
 
 /// Folds every `NmMatMul -> Add(constant [.., N])` whose matmul output feeds only that
 /// `Add`; returns how many.
@@ -21,12 +22,8 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
         };
         let with_bias = op.with_bias(bias)?;
         let name = model.node(id).name.clone();
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, model.node(id).inputs[0])?;
-        let y = patch.wire_node(&name, with_bias, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(add_id, 0), y)?;
-        patch
-            .apply(model)
+        let x = model.node(id).inputs[0];
+        substitute(model, &name, with_bias, &[x], &[OutletId::new(add_id, 0)])
             .with_context(|| format!("node `{name}`: folding its bias"))?;
         folded += 1;
     }
@@ -78,24 +75,19 @@ fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maskd_sparse::{NmMatrix, NmPattern};
+    use crate::engine::sparse::tests::layer;
+    use crate::engine::testutil::{f32s, run_first};
     use tract_core::ops::math::add;
 
     const K: usize = 8;
     const N: usize = 5;
-
-    fn layer() -> NmMatMul {
-        let w: Vec<f32> = (0..K * N).map(|i| (i as f32 * 0.37).sin()).collect();
-        let m = NmMatrix::from_dense_pruned(&w, K, N, NmPattern::TWO_FOUR).expect("matrix");
-        NmMatMul::new(m, None).expect("op")
-    }
 
     /// x[2,3,K] -> NmMatMul -> + bias[1,1,N]; `reuse` also sends the matmul output to
     /// a second output, which must block the fold.
     fn model(reuse: bool) -> TypedModel {
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([2, 3, K])).expect("source");
-        let y = m.wire_node("fc", layer(), &[x]).expect("fc")[0];
+        let y = m.wire_node("fc", layer(K, N, false), &[x]).expect("fc")[0];
         let b: Vec<f32> = (0..N).map(|i| i as f32 - 2.0).collect();
         let b = m
             .add_const("b", Tensor::from_shape(&[1, 1, N], &b).expect("bias"))
@@ -106,16 +98,12 @@ mod tests {
         m
     }
 
-    fn run(m: TypedModel) -> Tensor {
+    fn run(m: TypedModel) -> Vec<f32> {
         let x: Vec<f32> = (0..2 * 3 * K).map(|i| (i as f32 * 0.11).cos()).collect();
-        let x = Tensor::from_shape(&[2, 3, K], &x).expect("x");
-        let plan = m.into_runnable().expect("plan");
-        let mut out = plan
-            .spawn()
-            .expect("state")
-            .run(tvec!(x.into_tvalue()))
-            .expect("run");
-        out.remove(0).into_tensor()
+        f32s(&run_first(
+            m,
+            [Tensor::from_shape(&[2, 3, K], &x).expect("x")],
+        ))
     }
 
     #[test]
@@ -131,17 +119,9 @@ mod tests {
             .find_map(|n| n.op_as::<NmMatMul>())
             .expect("fc");
         assert_eq!(fc.bias().map(<[f32]>::len), Some(N));
-        let got = run(m);
-        let (a, b) = (
-            got.try_as_plain_ram().expect("plain"),
-            want.try_as_plain_ram().expect("plain"),
-        );
-        let (a, b) = (
-            a.as_slice::<f32>().expect("f32"),
-            b.as_slice::<f32>().expect("f32"),
-        );
+        let (a, b) = (run(m), want);
         assert_eq!(a.len(), 2 * 3 * N);
-        for (x, y) in a.iter().zip(b) {
+        for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
     }

@@ -12,6 +12,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
 
 use super::op::NmMatMul;
+use crate::engine::graph::substitute;
 
 /// Fuses every `NmMatMul -> Add(y, r)` where `r` is a computed tensor of exactly `y`'s
 /// shape and `y` feeds only that `Add`; returns how many.
@@ -23,14 +24,15 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
         };
         let with_residual = op.with_residual();
         let name = model.node(id).name.clone();
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, model.node(id).inputs[0])?;
-        let r = patch.tap_model(model, r)?;
-        let y = patch.wire_node(&name, with_residual, &[x, r])?[0];
-        patch.shunt_outside(model, OutletId::new(add_id, 0), y)?;
-        patch
-            .apply(model)
-            .with_context(|| format!("node `{name}`: fusing its residual add"))?;
+        let x = model.node(id).inputs[0];
+        substitute(
+            model,
+            &name,
+            with_residual,
+            &[x, r],
+            &[OutletId::new(add_id, 0)],
+        )
+        .with_context(|| format!("node `{name}`: fusing its residual add"))?;
         fused += 1;
     }
     Ok(fused)
@@ -75,7 +77,8 @@ fn fusable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maskd_sparse::{NmMatrix, NmPattern};
+    use crate::engine::sparse::tests::layer;
+    use crate::engine::testutil::{f32s, run_first};
     use tract_core::ops::math::add;
 
     const K: usize = 16;
@@ -84,15 +87,11 @@ mod tests {
     /// x[5,K] -> NmMatMul (+bias) -> + r (r = a second input of shape [5,N], or of
     /// shape [1,N] when `broadcast`, which must block the fusion).
     fn model(broadcast: bool) -> TypedModel {
-        let w: Vec<f32> = (0..K * N).map(|i| (i as f32 * 0.37).sin()).collect();
-        let m = NmMatrix::from_dense_pruned(&w, K, N, NmPattern::TWO_FOUR).expect("matrix");
-        let op =
-            NmMatMul::new(m, Some((0..N).map(|i| i as f32 * 0.1 - 1.0).collect())).expect("op");
         let mut g = TypedModel::default();
         let x = g.add_source("x", f32::fact([5, K])).expect("source");
         let rows = if broadcast { 1 } else { 5 };
         let r = g.add_source("r", f32::fact([rows, N])).expect("source");
-        let y = g.wire_node("fc2", op, &[x]).expect("fc2")[0];
+        let y = g.wire_node("fc2", layer(K, N, true), &[x]).expect("fc2")[0];
         let z = g.wire_node("residual", add(), &[r, y]).expect("add")[0];
         g.select_output_outlets(&[z]).expect("outputs");
         g
@@ -103,20 +102,7 @@ mod tests {
         let r: Vec<f32> = (0..rows * N).map(|i| (i as f32 * 0.13).sin()).collect();
         let x = Tensor::from_shape(&[5, K], &x).expect("x");
         let r = Tensor::from_shape(&[rows, N], &r).expect("r");
-        let plan = g.into_runnable().expect("plan");
-        let out = plan
-            .spawn()
-            .expect("state")
-            .run(tvec!(x.into_tvalue(), r.into_tvalue()))
-            .expect("run");
-        let t = out[0].clone().into_tensor();
-        let v = t
-            .try_as_plain_ram()
-            .expect("plain")
-            .as_slice::<f32>()
-            .expect("f32")
-            .to_vec();
-        v
+        f32s(&run_first(g, [x, r]))
     }
 
     #[test]

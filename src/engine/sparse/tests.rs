@@ -205,3 +205,13 @@ fn malformed_indices_name_the_node() {
         "{msg}"
     );
 }
+
+/// A 2:4 layer `K x N` of fixed pseudo-random weights (and bias `0.1·c - 1`), for the
+/// fold tests.
+pub(super) fn layer(k: usize, n: usize, bias: bool) -> NmMatMul {
+    let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let m =
+        maskd_sparse::NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).expect("matrix");
+    let b = bias.then(|| (0..n).map(|i| i as f32 * 0.1 - 1.0).collect());
+    NmMatMul::new(m, b).expect("op")
+}
