@@ -29,6 +29,11 @@ pub struct SparsifyArgs {
     /// the input dimension (1 <= N < M <= 16).
     #[arg(long, value_name = "N:M", default_value = "2:4", value_parser = parse_pattern)]
     pub pattern: NmPattern,
+    /// Output columns that keep one pattern per group, chosen by their summed
+    /// magnitudes: 2 lets the x86 token kernel feed both columns of a pair from one
+    /// input load (faster, at some accuracy cost; docs/SPARSE.md).
+    #[arg(long, value_name = "COLUMNS", default_value_t = 1, value_parser = parse_share)]
+    pub share: usize,
     /// Write the pruned weights back as ordinary dense MatMul/Gemm weights instead of
     /// `maskd.NmMatMul` nodes (for toolchains without the custom op).
     #[arg(long)]
@@ -54,10 +59,20 @@ pub fn parse_pattern(s: &str) -> Result<NmPattern, String> {
     NmPattern::new(n, m).map_err(|e| e.to_string())
 }
 
+/// `--share`: 1..=64 output columns per pattern.
+fn parse_share(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v @ 1..=64) => Ok(v),
+        _ => Err(format!("expected a column count from 1 to 64, got `{s}`")),
+    }
+}
+
 /// What to do, independent of the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub pattern: NmPattern,
+    /// Output columns per shared pattern (1: each column its own).
+    pub share: usize,
     pub dense_out: bool,
     pub skips: SkipRules,
     /// Print `[i/n] layer` to stderr while pruning.
@@ -80,6 +95,7 @@ pub struct LayerReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub pattern: NmPattern,
+    pub share: usize,
     pub dense_out: bool,
     pub layers: Vec<LayerReport>,
     /// Bytes of all initialisers, before and after.
@@ -90,6 +106,7 @@ pub struct Report {
 pub fn run(args: &SparsifyArgs) -> anyhow::Result<()> {
     let opts = Options {
         pattern: args.pattern,
+        share: args.share,
         dense_out: args.dense_out,
         skips: SkipRules {
             default_skips: !args.no_default_skips,
@@ -118,7 +135,7 @@ pub fn sparsify(input: &Path, output: &Path, opts: &Options) -> anyhow::Result<R
         .count();
     let tty = std::io::stderr().is_terminal();
     let mut done = 0;
-    let pruned = rewrite::apply(graph, &layers, opts.pattern, compressed, |i| {
+    let pruned = rewrite::apply(graph, &layers, opts.pattern, opts.share, compressed, |i| {
         done += 1;
         if opts.progress {
             if tty {
@@ -143,6 +160,7 @@ pub fn sparsify(input: &Path, output: &Path, opts: &Options) -> anyhow::Result<R
     write_model(output, &model)?;
     Ok(Report {
         pattern: opts.pattern,
+        share: opts.share,
         dense_out: opts.dense_out,
         layers: layers
             .into_iter()
@@ -180,10 +198,15 @@ pub fn render(r: &Report, input: &Path, output: &Path) -> String {
     };
     let _ = writeln!(
         out,
-        "sparsify {} -> {}: pattern {}, {form}",
+        "sparsify {} -> {}: pattern {}{}, {form}",
         input.display(),
         output.display(),
-        r.pattern
+        r.pattern,
+        if r.share > 1 {
+            format!(" shared by every {} output columns", r.share)
+        } else {
+            String::new()
+        }
     );
     let rows: Vec<[String; 5]> = r.layers.iter().map(row).collect();
     let head = ["layer", "op", "weight", "KxN", "kept/total"].map(String::from);

@@ -54,15 +54,22 @@ def targets(m: ViTSeg):
     return out
 
 
-def magnitude_mask(w):
-    """[out, in] -> 0/1 mask keeping the 2 largest |w| per group of 4 along `in` (ties: lower index)."""
+def shared_magnitude(w, share):
+    """[out, in] -> [out/share, in/4, 4]: |w| summed over each run of `share` output rows."""
     o, i = w.shape
-    g = w.detach().abs().reshape(o, i // 4, 4)
+    return w.detach().abs().reshape(o // share, share, i // 4, 4).sum(1)
+
+
+def magnitude_mask(w, share=1):
+    """[out, in] -> 0/1 mask keeping the 2 largest |w| per group of 4 along `in` (ties: lower index);
+    with share > 1 each run of `share` output rows keeps the same 2, by their summed |w|."""
+    o, i = w.shape
+    g = shared_magnitude(w, share)
     # stable: sort by (-|w|, position) so ties go to the lower position, as maskd-sparse does
     order = torch.argsort(-g + torch.arange(4) * 1e-12, dim=-1, stable=True)
     keep = torch.zeros_like(g)
     keep.scatter_(-1, order[..., :2], 1.0)
-    return keep.reshape(o, i)
+    return keep.repeat_interleave(share, 0).reshape(o, i)
 
 
 class FixedMask(nn.Module):
@@ -75,10 +82,10 @@ class FixedMask(nn.Module):
 
 
 class LearnedMask(nn.Module):
-    def __init__(self, w, init_scale):
+    def __init__(self, w, init_scale, share=1):
         super().__init__()
-        o, i = w.shape
-        kept = w.detach().abs().reshape(o, i // 4, 4) @ CANDIDATES.T  # [o, G, 6]
+        self.share = share
+        kept = shared_magnitude(w, share) @ CANDIDATES.T  # [o/share, G, 6]
         # Prior from magnitude, as MaskLLM initialises from a one-shot mask: argmax = magnitude 2:4.
         kept = kept / kept.amax(-1, keepdim=True).clamp(min=1e-12)
         self.logits = nn.Parameter(kept * init_scale)
@@ -89,7 +96,7 @@ class LearnedMask(nn.Module):
             y = F.gumbel_softmax(self.logits, tau=self.tau, hard=False, dim=-1)
         else:
             y = F.one_hot(self.logits.argmax(-1), 6).to(w.dtype)
-        return w * (y @ CANDIDATES).reshape(w.shape)
+        return w * (y @ CANDIDATES).repeat_interleave(self.share, 0).reshape(w.shape)
 
 
 def check_24(m: ViTSeg):
@@ -123,6 +130,9 @@ def main():
     ap.add_argument("--lr-mask", type=float, default=0.02, help="mask-logit learning rate (maskllm)")
     ap.add_argument("--init-scale", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
+    # Pairs of output columns with one 2:4 pattern per group: maskd-sparse's token kernel
+    # then loads each input row once for both columns (docs/SPARSE.md, section 3).
+    ap.add_argument("--share", type=int, default=1, help="output rows sharing each group's 2:4 pattern")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -139,12 +149,13 @@ def main():
     masks = []
     for name, lin in targets(m):
         if a.mode == "maskllm":
-            par = LearnedMask(lin.weight, a.init_scale)
+            par = LearnedMask(lin.weight, a.init_scale, a.share)
         else:
-            par = FixedMask(magnitude_mask(lin.weight))
+            par = FixedMask(magnitude_mask(lin.weight, a.share))
         P.register_parametrization(lin, "weight", par)
         masks.append(par)
-    print(f"{a.mode}: {len(masks)} layers pruned 2:4 from {a.ckpt}", flush=True)
+    print(f"{a.mode}: {len(masks)} layers pruned 2:4 from {a.ckpt}, pattern shared by {a.share} output row(s)",
+          flush=True)
 
     phr = Phrasings()
     emb_canon = phr.canon
@@ -195,8 +206,8 @@ def main():
     changed = 0
     if a.mode == "maskllm":
         for (name, lin), p in zip(targets(m), masks):
-            learned = (p.logits.argmax(-1) != (lin.parametrizations.weight.original.detach().abs()
-                                                .reshape(p.logits.shape[0], -1, 4) @ CANDIDATES.T).argmax(-1))
+            prior = shared_magnitude(lin.parametrizations.weight.original, a.share) @ CANDIDATES.T
+            learned = p.logits.argmax(-1) != prior.argmax(-1)
             changed += int(learned.sum())
     for name, lin in targets(m):
         P.remove_parametrizations(lin, "weight", leave_parametrized=True)
@@ -207,7 +218,7 @@ def main():
           f"{changed}; val mIoU {miou:.4f} absent-ok {absent:.4f} (dense {dm:.4f} / {da:.4f})", flush=True)
     state = m.state_dict()
     torch.save({"ema": state, "model": state, "step": ck.get("step", 0), "elapsed": ck.get("elapsed", 0.0),
-                "sparse": a.mode}, a.out)
+                "sparse": a.mode, "share": a.share}, a.out)
 
 
 if __name__ == "__main__":

@@ -3,19 +3,22 @@
 # magnitude, magnitude + fine-tune and MaskLLM (learned) 2:4 variants, export each beside
 # the dense model as models/v24_<mode>/ + models/v24_<mode>.toml (dense layout, weights
 # obeying 2:4), and evaluate all four with the Rust pipeline (`maskd eval --json`).
-#   MINUTES=12 training/sparse_variants.sh
+#   MINUTES=12 SHARE=2 training/sparse_variants.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-/work/venv-train/bin/python}
 MINUTES=${MINUTES:-12}
+# output columns per shared 2:4 pattern (1 = every column its own; 2 = pairs, which the
+# AVX2 token kernel runs with one input load per two FMAs: docs/SPARSE.md section 3)
+SHARE=${SHARE:-2}
 CK=training/work/ckpt
 DENSE=${DENSE:-training/work/ckpt2/final.pt}   # the checkpoint models/seg was exported from
 MASKD=${MASKD:-target/release/maskd}
 # fine-tune and MaskLLM train side by side, one thread each
-"$PY" training/sparse24.py --mode finetune --ckpt "$DENSE" --minutes "$MINUTES" --out "$CK/finetune24.pt" > training/work/finetune24.log 2>&1 &
-"$PY" training/sparse24.py --mode maskllm --ckpt "$DENSE" --minutes "$MINUTES" --out "$CK/maskllm24.pt" > training/work/maskllm24.log 2>&1 &
+"$PY" training/sparse24.py --mode finetune --ckpt "$DENSE" --minutes "$MINUTES" --share "$SHARE" --out "$CK/finetune24.pt" > training/work/finetune24.log 2>&1 &
+"$PY" training/sparse24.py --mode maskllm --ckpt "$DENSE" --minutes "$MINUTES" --share "$SHARE" --out "$CK/maskllm24.pt" > training/work/maskllm24.log 2>&1 &
 wait
-"$PY" training/sparse24.py --mode magnitude --ckpt "$DENSE" --out "$CK/magnitude24.pt" > training/work/magnitude24.log 2>&1
+"$PY" training/sparse24.py --mode magnitude --ckpt "$DENSE" --share "$SHARE" --out "$CK/magnitude24.pt" > training/work/magnitude24.log 2>&1
 # every variant at the dense model's presence threshold, so the mIoU column compares
 # masks and not thresholds (each variant still gets its own bias calibration)
 THR=$(sed -n 's/^score_threshold *= *\([0-9.]*\).*/\1/p' models/default.toml)

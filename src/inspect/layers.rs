@@ -27,6 +27,10 @@ pub struct LayerSparsity {
     pub declared: Option<(NmPattern, Result<(), String>)>,
     /// Whether the weight obeys 2:4; `None` when it could not be read as float32.
     pub obeys_2_4: Option<bool>,
+    /// For a 2:4 weight: the share of (group, adjacent column pair) whose non-zeros
+    /// fit one 2:4 pattern, i.e. what `--share 2` guarantees and the x86 token
+    /// kernel turns into one input load per two FMAs (~0.17 for magnitude 2:4).
+    pub pair_shared: Option<f64>,
     /// `4 * K * N`.
     pub dense_bytes: usize,
     /// What it is stored as: compressed for `NmMatMul`, dense otherwise.
@@ -88,6 +92,11 @@ fn layer(
         return None;
     }
     let two_four = NmPattern::TWO_FOUR;
+    let obeys_2_4 = kn.as_ref().map(|w| two_four.check(w, k, n).is_ok());
+    let pair_shared = match (&kn, obeys_2_4) {
+        (Some(w), Some(true)) => Some(pair_shared(w, k, n)),
+        _ => None,
+    };
     Some(LayerSparsity {
         label: node_label(node, index),
         op: node.op_type.clone(),
@@ -95,7 +104,8 @@ fn layer(
         k,
         n,
         declared,
-        obeys_2_4: kn.map(|w| two_four.check(&w, k, n).is_ok()),
+        obeys_2_4,
+        pair_shared,
         dense_bytes: 4 * k * n,
         stored_bytes: stored,
         bytes_2_4: 4 * NmMatrix::values_len(two_four, k, n) + NmMatrix::indices_len(two_four, k, n),
@@ -139,6 +149,22 @@ fn nm_matmul(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> O
     }
 }
 
+/// See [`LayerSparsity::pair_shared`]; `w[K, N]` obeys 2:4. An odd last column and a
+/// tail group count like the others.
+fn pair_shared(w: &[f32], k: usize, n: usize) -> f64 {
+    let (mut shared, mut all) = (0usize, 0usize);
+    for g in (0..k).step_by(4) {
+        for c in (0..n).step_by(2) {
+            let union = (g..(g + 4).min(k))
+                .filter(|&r| (c..(c + 2).min(n)).any(|j| w[r * n + j] != 0.0))
+                .count();
+            shared += usize::from(union <= 2);
+            all += 1;
+        }
+    }
+    shared as f64 / all.max(1) as f64
+}
+
 /// `a[rows, cols]` row-major -> `[cols, rows]`.
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; a.len()];
@@ -155,7 +181,7 @@ pub fn render(out: &mut String, layers: &[LayerSparsity]) -> std::fmt::Result {
     if layers.is_empty() {
         return writeln!(out, "weight layers: none");
     }
-    let rows: Vec<[String; 6]> = layers
+    let rows: Vec<[String; 7]> = layers
         .iter()
         .map(|l| {
             let declared = match &l.declared {
@@ -174,12 +200,14 @@ pub fn render(out: &mut String, layers: &[LayerSparsity]) -> std::fmt::Result {
                 l.weight.clone(),
                 format!("{}x{}", l.k, l.n),
                 obeys.to_owned(),
+                l.pair_shared
+                    .map_or("-".to_owned(), |f| format!("{:.0}%", 100.0 * f)),
                 declared,
             ]
         })
         .collect();
-    let head = ["layer", "op", "weight", "KxN", "2:4", "declared"].map(String::from);
-    let mut width = [0; 6];
+    let head = ["layer", "op", "weight", "KxN", "2:4", "pairs", "declared"].map(String::from);
+    let mut width = [0; 7];
     for row in std::iter::once(&head).chain(&rows) {
         for (w, cell) in width.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
@@ -269,6 +297,7 @@ mod tests {
                 .join(format!("{}.onnx", pattern.replace(':', "_")));
             let opts = Options {
                 pattern: parse_pattern(pattern).unwrap(),
+                share: 1,
                 dense_out: false,
                 skips: SkipRules::default(),
                 progress: false,
@@ -295,6 +324,7 @@ mod tests {
         let out = dir.path().join("out.onnx");
         let opts = Options {
             pattern: NmPattern::TWO_FOUR,
+            share: 1,
             dense_out: false,
             skips: SkipRules::default(),
             progress: false,
@@ -318,6 +348,28 @@ mod tests {
             fc1.declared
         );
         assert_eq!(fc1.obeys_2_4, None);
+    }
+
+    #[test]
+    fn pair_shared_patterns_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shared = vec![];
+        for share in [1, 2] {
+            let out = dir.path().join(format!("share{share}.onnx"));
+            let opts = Options {
+                pattern: NmPattern::TWO_FOUR,
+                share,
+                dense_out: false,
+                skips: SkipRules::default(),
+                progress: false,
+            };
+            sparsify(&fixture(), &out, &opts).unwrap();
+            shared.push(find(&layers_of(&out), "fc1").pair_shared.unwrap());
+        }
+        assert!(shared[0] < 0.5, "{shared:?}");
+        assert_eq!(shared[1], 1.0);
+        // Not a 2:4 weight: nothing to say.
+        assert_eq!(find(&layers_of(&fixture()), "fc1").pair_shared, None);
     }
 
     #[test]

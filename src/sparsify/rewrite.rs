@@ -31,6 +31,7 @@ pub fn apply(
     graph: &mut pb::GraphProto,
     layers: &[Layer],
     pattern: NmPattern,
+    share: usize,
     compressed: bool,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<Vec<Option<Pruned>>> {
@@ -69,7 +70,8 @@ pub fn apply(
         if let (true, Some(g)) = (compressed, &layer.gemm) {
             w.iter_mut().for_each(|v| *v *= g.alpha);
         }
-        let sparse = NmMatrix::from_dense_pruned(&w, k, n, pattern).with_context(node_ctx)?;
+        let sparse =
+            NmMatrix::from_dense_pruned_shared(&w, k, n, pattern, share).with_context(node_ctx)?;
         let dense = sparse.to_dense();
         let pruned = Pruned {
             kept: dense.iter().filter(|v| **v != 0.0).count(),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use maskd_sparse::NmMatrix;
+use maskd_sparse::{NmMatrix, NmPattern};
 use prost::Message;
 use tract_onnx::prelude::*;
 
@@ -17,6 +17,7 @@ fn fixture() -> PathBuf {
 fn opts(pattern: &str, dense_out: bool, default_skips: bool, skips: &[&str]) -> Options {
     Options {
         pattern: parse_pattern(pattern).unwrap(),
+        share: 1,
         dense_out,
         skips: SkipRules {
             default_skips,
@@ -83,6 +84,11 @@ fn pruned_labels(r: &Report) -> Vec<&str> {
 /// Decodes every NmMatMul of `out` and checks it against magnitude pruning of the
 /// original weight; returns the decoded layers' names.
 fn check_nm_nodes(out: &Path, pattern: &str) -> Vec<String> {
+    check_shared_nm_nodes(out, pattern, 1)
+}
+
+/// [`check_nm_nodes`] for `--share`: the decoded weights are the shared pruning's.
+fn check_shared_nm_nodes(out: &Path, pattern: &str, share: usize) -> Vec<String> {
     let p = parse_pattern(pattern).unwrap();
     let model = read_model_inline(out).unwrap();
     assert!(model
@@ -112,7 +118,7 @@ fn check_nm_nodes(out: &Path, pattern: &str) -> Vec<String> {
             tensor_u8(&inits[&node.input[2]]).unwrap(),
         )
         .unwrap();
-        let expected = NmMatrix::from_dense_pruned(&w, k, n, p).unwrap();
+        let expected = NmMatrix::from_dense_pruned_shared(&w, k, n, p, share).unwrap();
         assert_eq!(decoded.to_dense(), expected.to_dense(), "{}", node.name);
         seen.push(node.name.clone());
     }
@@ -155,6 +161,23 @@ fn compressed_output_decodes_to_the_magnitude_pruned_weights() {
         })
     );
     assert!(report.weight_bytes_after < report.weight_bytes_before);
+}
+
+#[test]
+fn shared_patterns_are_written_per_run_of_columns() {
+    let mut o = opts("2:4", false, true, &[]);
+    o.share = 2;
+    let (_dir, out, report) = sparsify_fixture(&o);
+    assert_eq!(
+        check_shared_nm_nodes(&out, "2:4", 2),
+        ["fc1", "gemm", "fc2"]
+    );
+    // Sharing changes what is kept (the fixture's columns disagree).
+    let (w, k, n) = original_kn("fc1");
+    let plain = NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).unwrap();
+    let shared = NmMatrix::from_dense_pruned_shared(&w, k, n, NmPattern::TWO_FOUR, 2).unwrap();
+    assert_ne!(plain, shared);
+    assert!(render(&report, &fixture(), &out).contains("shared by every 2 output columns"));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! 2:4 sparse kernels vs tract's dense matmul on the default model's GEMMs.
 //!
-//! `cargo bench -p maskd-sparse [-- --seconds S] [--threads 2] [--generic]`
+//! `cargo bench -p maskd-sparse [-- --seconds S] [--threads 2] [--generic] [--share 2]`
 //!
 //! For every distinct GEMM of the default model (width 192, MLP 768, 3 heads:
 //! QKV 192->576, proj 192->192, fc1 192->768, fc2 768->192) at T = 196, 98, 49:
@@ -10,6 +10,11 @@
 //!   spawned state, the input tensor allocated once;
 //! * every sparse kernel this CPU can run, on the same pruned weight, each packed
 //!   once. Outputs are checked against tract before timing.
+//!
+//! The weights are random, magnitude-pruned to 2:4; with `--share S` each run of
+//! `S` output columns keeps one pattern per group (as the default 2:4 model's
+//! learned masks do with S = 2), which the token kernel runs with one input load
+//! per two FMAs.
 //!
 //! With `--threads N` (N > 1) both sides run on one rayon pool of N threads, the
 //! daemon's arrangement: tract's plan with that pool as its executor, each kernel
@@ -56,6 +61,8 @@ struct Args {
     seconds: f64,
     threads: usize,
     generic: bool,
+    /// Output columns per shared pattern (1: plain magnitude 2:4).
+    share: usize,
 }
 
 fn args() -> Args {
@@ -63,6 +70,7 @@ fn args() -> Args {
         seconds: 1.0,
         threads: 1,
         generic: false,
+        share: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
@@ -70,6 +78,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S"),
             "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
             "--generic" => a.generic = true,
+            "--share" => a.share = it.next().and_then(|v| v.parse().ok()).expect("--share N"),
             _ => {} // cargo passes --bench
         }
     }
@@ -101,7 +110,12 @@ fn main() {
         kinds.push(KernelKind::Generic);
     }
     println!(
-        "maskd-sparse spmm bench: pattern 2:4, best kernel `{}`, {} thread(s), ~{} s per GEMM, cpu: {}",
+        "maskd-sparse spmm bench: pattern 2:4 ({}), best kernel `{}`, {} thread(s), ~{} s per GEMM, cpu: {}",
+        if a.share > 1 {
+            format!("one pattern per {} output columns", a.share)
+        } else {
+            "magnitude, every column its own pattern".to_string()
+        },
         best().name(),
         a.threads,
         a.seconds,
@@ -130,7 +144,8 @@ fn main() {
         for (si, &(name, k, n)) in SHAPES.iter().enumerate() {
             let w = noise(k * n, 1 + si as u64);
             let x = noise(t * k, 100 + t as u64);
-            let sparse = NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).unwrap();
+            let sparse =
+                NmMatrix::from_dense_pruned_shared(&w, k, n, NmPattern::TWO_FOUR, a.share).unwrap();
             let dense = sparse.to_dense();
             let kernels: Vec<PackedSpmm> = kinds
                 .iter()

@@ -142,15 +142,34 @@ impl NmMatrix {
         n: usize,
         pattern: NmPattern,
     ) -> Result<NmMatrix, SparseError> {
+        Self::from_dense_pruned_shared(w, k, n, pattern, 1)
+    }
+
+    /// Magnitude-prunes like [`from_dense_pruned`](Self::from_dense_pruned), but
+    /// every run of `share` consecutive output columns (the last run may be shorter)
+    /// keeps the same positions in each group: those with the largest `|w|` summed
+    /// over the run. The result is an ordinary N:M matrix; the x86 token kernel runs
+    /// column pairs that share their rows with one input load per two FMAs
+    /// (docs/SPARSE.md section 3), at some cost in accuracy that learned masks
+    /// can recover. `share` 0 is taken as 1.
+    pub fn from_dense_pruned_shared(
+        w: &[f32],
+        k: usize,
+        n: usize,
+        pattern: NmPattern,
+        share: usize,
+    ) -> Result<NmMatrix, SparseError> {
         check_shape(w.len(), k, n)?;
+        let share = share.max(1);
         let (pn, pm, bits) = (pattern.n(), pattern.m(), pattern.index_bits());
         let groups = pattern.groups(k);
         let mut values = vec![0f32; Self::values_len(pattern, k, n)];
         let mut indices = vec![0u8; Self::indices_len(pattern, k, n)];
         let mut order = [0usize; NmPattern::MAX_M];
         for g in 0..groups {
-            for c in 0..n {
-                let at = |pos: usize| {
+            for c0 in (0..n).step_by(share) {
+                let run = c0..(c0 + share).min(n);
+                let at = |pos: usize, c: usize| {
                     let r = g * pm + pos;
                     if r < k {
                         w[r * n + c]
@@ -158,19 +177,22 @@ impl NmMatrix {
                         0.0
                     }
                 };
+                let score = |pos: usize| run.clone().map(|c| at(pos, c).abs()).sum::<f32>();
                 let order = &mut order[..pm];
                 for (i, o) in order.iter_mut().enumerate() {
                     *o = i;
                 }
                 // Stable sort by descending magnitude: equal magnitudes keep the
                 // lower position first, which is the documented tie-break.
-                order.sort_by(|&a, &b| at(b).abs().total_cmp(&at(a).abs()));
+                order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
                 let kept = &mut order[..pn];
                 kept.sort_unstable();
-                for (s, &pos) in kept.iter().enumerate() {
-                    let e = (g * pn + s) * n + c;
-                    values[e] = at(pos);
-                    put_bits(&mut indices, e, bits, pos);
+                for c in run.clone() {
+                    for (s, &pos) in kept.iter().enumerate() {
+                        let e = (g * pn + s) * n + c;
+                        values[e] = at(pos, c);
+                        put_bits(&mut indices, e, bits, pos);
+                    }
                 }
             }
         }
@@ -408,6 +430,30 @@ mod tests {
             // Parts survive validation.
             let s3 = NmMatrix::from_parts(p, k, n, s.values().to_vec(), s.indices().to_vec()).unwrap();
             prop_assert_eq!(s3, s);
+        }
+
+        #[test]
+        fn shared_pruning_shares_rows((p, k, n, w) in case(), share in 1usize..5) {
+            let s = NmMatrix::from_dense_pruned_shared(&w, k, n, p, share).unwrap();
+            for g in 0..p.groups(k) {
+                for c in 0..n {
+                    // Same kept positions as the first column of the run.
+                    let c0 = c - c % share;
+                    for slot in 0..p.n() {
+                        prop_assert_eq!(s.index(g, slot, c), s.index(g, slot, c0));
+                    }
+                    // Kept values are the dense ones.
+                    for slot in 0..p.n() {
+                        let r = g * p.m() + s.index(g, slot, c);
+                        let want = if r < k { w[r * n + c] } else { 0.0 };
+                        prop_assert_eq!(s.value(g, slot, c).to_bits(), want.to_bits());
+                    }
+                }
+            }
+            // A run of one column is plain magnitude pruning.
+            if share == 1 {
+                prop_assert_eq!(&s, &NmMatrix::from_dense_pruned(&w, k, n, p).unwrap());
+            }
         }
 
         #[test]

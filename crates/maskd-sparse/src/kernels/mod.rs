@@ -487,6 +487,17 @@ impl PackedSpmm {
             Imp::Emu(_, p) => p.bytes(),
         }
     }
+
+    /// For the token kernel, the fraction of its slots that feed both columns of a
+    /// pair from one input load (1.0 when pairs of columns share their patterns);
+    /// `None` for kernels without shared slots.
+    pub fn shared_fraction(&self) -> Option<f64> {
+        match &self.imp {
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2Tok(p) => Some(p.shared_fraction()),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,18 @@ fn run_case(
     check(&mm, &m, c.bias.as_deref(), &c.x, c.t)
 }
 
+fn run_shared(
+    build: fn(&NmMatrix, Option<&[f32]>) -> Option<PackedSpmm>,
+    c: &Case,
+    share: usize,
+) -> Result<(), TestCaseError> {
+    let m = NmMatrix::from_dense_pruned_shared(&c.w, c.k, c.n, c.pattern, share).unwrap();
+    let Some(mm) = build(&m, c.bias.as_deref()) else {
+        return Ok(());
+    };
+    check(&mm, &m, c.bias.as_deref(), &c.x, c.t)
+}
+
 /// A fixed case: deterministic weights and inputs from the shape.
 fn fixed(pattern: NmPattern, t: usize, k: usize, n: usize, bias: bool) -> Case {
     let f = |i: usize, s: usize| (((i * 2654435761 + s) % 1000) as f32 / 250.0) - 2.0;
@@ -174,6 +186,13 @@ macro_rules! kernel_suite {
                 #[test]
                 fn matches_reference(c in case($ms)) {
                     run_case(build, &c)?;
+                }
+
+                /// Runs of 2-4 columns with one pattern: the token kernel's shared
+                /// slots (one input load for both columns of a pair).
+                #[test]
+                fn matches_reference_shared(c in case($ms), share in 2usize..5) {
+                    run_shared(build, &c, share)?;
                 }
             }
 
@@ -285,6 +304,45 @@ mod avx2tok_large {
         fn several_chunks_and_groups(c in large_case()) {
             run_case(build, &c)?;
         }
+    }
+
+    /// Pairs of columns with one pattern need no pair slots at all, even when the
+    /// pairs are not adjacent (columns are matched within each octet); plain
+    /// magnitude 2:4 shares about half its slots (one row per group in common on
+    /// average).
+    #[test]
+    fn shared_slots_follow_the_patterns() {
+        let c = fixed(NmPattern::TWO_FOUR, 1, 192, 64, false);
+        // Independent magnitudes (`fixed`'s are correlated across columns) and no
+        // exact zeros: a zero weight is dropped from its column, which can turn a
+        // shared row into a pair slot (no dearer: two loads feed two FMAs).
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let w: Vec<f32> = (0..c.k * c.n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                1.0 + (s >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        let paired = NmMatrix::from_dense_pruned_shared(&w, c.k, c.n, c.pattern, 2).unwrap();
+        let Some(mm) = build(&paired, None) else {
+            return;
+        };
+        assert_eq!(mm.shared_fraction(), Some(1.0));
+        // Swap columns 1 and 2 of every octet: pairs (0, 2) and (1, 3) now share.
+        let mut d = paired.to_dense();
+        for r in 0..c.k {
+            for o in (0..c.n).step_by(8) {
+                d.swap(r * c.n + o + 1, r * c.n + o + 2);
+            }
+        }
+        let swapped = NmMatrix::from_dense_checked(&d, c.k, c.n, c.pattern).unwrap();
+        let mm = build(&swapped, None).unwrap();
+        assert_eq!(mm.shared_fraction(), Some(1.0));
+        let plain = NmMatrix::from_dense_pruned(&w, c.k, c.n, c.pattern).unwrap();
+        let f = build(&plain, None).unwrap().shared_fraction().unwrap();
+        assert!((0.4..0.9).contains(&f), "{f}");
     }
 
     /// Two column groups (264 = 256 + 8), three K-chunks with a short one, row

@@ -10,14 +10,21 @@
 //!   measured ~20 % slower). The stride is always 48 floats, so packed offsets do
 //!   not depend on the block height; lanes past the block are never read.
 //! * Weights are packed once, per K-chunk, per *octet* of 8 output columns, per
-//!   pair of columns: each kept slot of both columns as 3 u32s, `[value0, value1,
-//!   offset0 | offset1 << 16]` with the byte offsets of the slots' panel rows. Both
-//!   columns of a pair keep `groups * N` slots per chunk, so only slots past `K`
-//!   and columns past `N` are padding (weight 0, offset 0).
-//! * Micro-kernel, `B` vectors (8B tokens) x 2 columns = up to 12 accumulators:
-//!   per slot and column, one `vbroadcastss` of the weight and `B` FMAs that take
-//!   their panel input straight from memory: (1 + B)/B vector loads per FMA plus
-//!   one scalar load per slot pair, no shuffle.
+//!   pair of columns. Rows both columns keep become **shared slots**
+//!   `[value0, value1, offset]`: one panel load feeds both columns' FMAs. The
+//!   other rows are paired up in ascending order as **pair slots** `[value0,
+//!   value1, offset0 | offset1 << 16]` (one load per FMA). Offsets are panel byte
+//!   offsets. The columns of an octet are matched into pairs to share the most
+//!   rows (all 105 matchings are tried); a header per pair holds both slot counts
+//!   and the pair's columns. Padding and weights that are exactly zero are left out.
+//! * Micro-kernel, `B` vectors (8B tokens) x 2 columns = up to 12 accumulators
+//!   (plus two weights and one input of 16 ymm). A shared slot costs 2
+//!   `vbroadcastss`, `B` loads and `2B` FMAs, (B + 2)/2B loads per FMA: 0.67 at
+//!   B = 6, where the FMA pipes, not the loads, set the pace. A pair slot costs
+//!   (1 + B)/B loads per FMA. Magnitude 2:4 shares one row per group of 4 on
+//!   average (half the slots); masks learned with one pattern per column pair
+//!   (`NmMatrix::from_dense_pruned_shared`, `training/sparse24.py --share 2`)
+//!   share all of them.
 //! * Accumulators start from the bias (first chunk) or from a stack scratch of
 //!   column-major partial sums (later chunks), which holds a group of 256 columns;
 //!   round trips through row-major `y` instead cost ~30 % at K = 192. After the
@@ -25,9 +32,10 @@
 //! * Rows are split into blocks of balanced height (`T = 49` runs as 32 + 24 rows
 //!   rather than 48 + 8), each block with its own `B` (1..=6).
 //!
-//! Any N:M pattern works. Each output is accumulated in ascending `k` with one FMA
-//! per kept weight, independently of how rows are blocked, so `run_parallel` gives
-//! the same bits as `run`. Stack use: 72 KiB (panel and scratch, uninitialised).
+//! Any N:M pattern works. Each output sums its shared slots, then its pair slots,
+//! each in ascending `k`, whatever the row blocking, so `run_parallel` gives the
+//! same bits as `run` (but not tract's bits: its order is plain ascending `k`).
+//! Stack use: 72 KiB (panel and scratch, uninitialised).
 
 // Kernel loops index several arrays (accumulators, vectors, columns) by the same
 // counter; explicit indices read better here than zipped iterators.
@@ -42,12 +50,13 @@ use crate::NmMatrix;
 pub(crate) const ROWS: usize = 48;
 /// Vectors of 8 tokens per block at most.
 const VECS: usize = ROWS / 8;
-/// Output columns per micro-kernel (2 x 6 accumulators + 1 weight of 16 ymm).
+/// Output columns per micro-kernel (2 x 6 accumulators + 2 weights + 1 input of 16 ymm).
 pub(crate) const COLS: usize = 2;
 /// Columns per write-back block: one 8x8 transpose wide.
 const OCT: usize = 8;
-/// u32s per slot of a column pair: both values, then both panel offsets as u16s
-/// (one scalar load for two offsets: the loop is bound by loads, not ALU ops).
+/// u32s per slot of a column pair: both values, then the shared panel offset or
+/// both offsets as u16s (one scalar load for two offsets: pair slots are bound by
+/// loads, not ALU ops).
 const SLOT: usize = 3;
 /// Largest K-chunk: the panel (`KC_MAX * ROWS` floats, 24 KiB) stays in a 32 KiB L1d.
 const KC_MAX: usize = 128;
@@ -68,14 +77,118 @@ pub(crate) struct Packed {
     nkc: usize,
     /// Octets of columns: `ceil(n / 8)`.
     noct: usize,
-    /// Slots per column in each chunk.
-    slots: Vec<usize>,
     /// Start (in u32s) of chunk `c`, octet `o` at `c * noct + o`.
     starts: Vec<usize>,
-    /// Per pair and slot: both value bits, then both panel byte offsets as u16s.
+    /// Per chunk, octet and column pair: a header (see [`header`]), then the shared
+    /// slots `[value0, value1, offset]`, then the pair slots `[value0, value1,
+    /// offset0 | offset1 << 16]`.
     data: Vec<u32>,
     /// Bias padded to `noct * 8`.
     bias: Vec<f32>,
+}
+
+/// A pair's header: shared and pair slot counts (< 2^12, since a column keeps at
+/// most `KC_MAX` slots per chunk), then both columns' positions in the octet.
+fn header(shared: usize, pair: usize, ca: usize, cb: usize) -> u32 {
+    (shared | pair << 12 | ca << 24 | cb << 28) as u32
+}
+
+const _HEADER_FITS: () = assert!(KC_MAX < 1 << 12 && OCT <= 16);
+
+/// One column's kept `(value, panel row)` entries in a chunk, ascending rows.
+/// Padding (groups past `K`, columns past `N`) and kept weights that are exactly
+/// zero are left out: they would only add zeros, and a zero's index is arbitrary
+/// (the canonical form puts it at the lowest free position), which would hide
+/// rows that two columns share.
+fn column_entries(m: &NmMatrix, k0: usize, g0: usize, g1: usize, col: usize) -> Vec<(f32, usize)> {
+    let p = m.pattern();
+    let mut out = Vec::new();
+    if col < m.n() {
+        for g in g0..g1 {
+            for s in 0..p.n() {
+                let row = g * p.m() + m.index(g, s, col);
+                let v = m.value(g, s, col);
+                if row < m.k() && v != 0.0 {
+                    out.push((v, row - k0));
+                }
+            }
+        }
+        out.sort_by_key(|e| e.1);
+    }
+    out
+}
+
+/// Rows two columns both keep: each such slot costs one panel load for two FMAs.
+fn common_rows(a: &[(f32, usize)], b: &[(f32, usize)]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].1.cmp(&b[j].1) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => (i, j, n) = (i + 1, j + 1, n + 1),
+        }
+    }
+    n
+}
+
+/// The perfect matching of `cols` (an even count, at most 8) with the most common
+/// rows; 105 matchings at most, so exhaustively.
+fn best_pairs(
+    cols: &[usize],
+    score: &dyn Fn(usize, usize) -> usize,
+) -> (usize, Vec<(usize, usize)>) {
+    let Some((&a, rest)) = cols.split_first() else {
+        return (0, Vec::new());
+    };
+    let mut best = (0, Vec::new());
+    for (i, &b) in rest.iter().enumerate() {
+        let others: Vec<usize> = rest
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, &c)| c)
+            .collect();
+        let (s, mut pairs) = best_pairs(&others, score);
+        let s = s + score(a, b);
+        if best.1.is_empty() || s > best.0 {
+            pairs.insert(0, (a, b));
+            best = (s, pairs);
+        }
+    }
+    best
+}
+
+/// Packs one column pair: rows both keep become shared slots, the rest are paired
+/// up in ascending order, and whatever one column has beyond the other becomes
+/// shared slots with a zero weight on the other side.
+fn pack_pair(a: &[(f32, usize)], b: &[(f32, usize)], ca: usize, cb: usize, data: &mut Vec<u32>) {
+    let off = |row: usize| (row * ROWS * 4) as u32; // < 2^16, see _OFFSETS_FIT
+    let (mut shared, mut only_a, mut only_b) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let ra = a.get(i).map_or(usize::MAX, |e| e.1);
+        let rb = b.get(j).map_or(usize::MAX, |e| e.1);
+        if ra == rb {
+            shared.push((a[i].0, b[j].0, ra));
+            (i, j) = (i + 1, j + 1);
+        } else if ra < rb {
+            only_a.push(a[i]);
+            i += 1;
+        } else {
+            only_b.push(b[j]);
+            j += 1;
+        }
+    }
+    let np = only_a.len().min(only_b.len());
+    shared.extend(only_a[np..].iter().map(|&(v, r)| (v, 0.0, r)));
+    shared.extend(only_b[np..].iter().map(|&(v, r)| (0.0, v, r)));
+    data.push(header(shared.len(), np, ca, cb));
+    for (va, vb, r) in shared {
+        data.extend([va.to_bits(), vb.to_bits(), off(r)]);
+    }
+    for (ea, eb) in only_a.iter().zip(&only_b) {
+        data.extend([ea.0.to_bits(), eb.0.to_bits(), off(ea.1) | off(eb.1) << 16]);
+    }
 }
 
 impl Packed {
@@ -86,43 +199,23 @@ impl Packed {
         let kc = gpc * p.m();
         let nkc = k.div_ceil(kc);
         let noct = n.div_ceil(OCT);
-        let slots: Vec<usize> = (0..nkc)
-            .map(|c| gpc.min(m.groups() - c * gpc) * p.n())
-            .collect();
-        let total: usize = slots.iter().sum();
-        let mut data = Vec::with_capacity(total * noct * OCT / COLS * SLOT);
+        let mut data = Vec::new();
         let mut starts = Vec::with_capacity(nkc * noct);
-        // One column's (value, offset) list for the current chunk.
-        let column = |c: usize, col: usize, out: &mut Vec<(f32, u32)>| {
-            out.clear();
-            let (k0, g0) = (c * kc, c * gpc);
-            for g in g0..(g0 + gpc).min(m.groups()) {
-                for s in 0..p.n() {
-                    let row = if col < n {
-                        g * p.m() + m.index(g, s, col)
-                    } else {
-                        k
-                    };
-                    if row < k {
-                        let off = (row - k0) * ROWS * 4; // < 2^16, see _OFFSETS_FIT
-                        out.push((m.value(g, s, col), off as u32));
-                    } else {
-                        out.push((0.0, 0)); // missing column or tail padding: weight 0
-                    }
-                }
-            }
-        };
-        let (mut a, mut b) = (Vec::new(), Vec::new());
         for c in 0..nkc {
+            let (k0, g0) = (c * kc, c * gpc);
+            let g1 = (g0 + gpc).min(m.groups());
             for o in 0..noct {
                 starts.push(data.len());
-                for pr in 0..OCT / COLS {
-                    let col = o * OCT + pr * COLS;
-                    column(c, col, &mut a);
-                    column(c, col + 1, &mut b);
-                    for ((va, oa), (vb, ob)) in a.iter().zip(&b) {
-                        data.extend([va.to_bits(), vb.to_bits(), oa | ob << 16]);
-                    }
+                let col = o * OCT;
+                // Columns of the octet in pairs; an odd last column pairs with a missing one.
+                let width = OCT.min(n - col).div_ceil(COLS) * COLS;
+                let cols: Vec<Vec<(f32, usize)>> = (0..width)
+                    .map(|j| column_entries(m, k0, g0, g1, col + j))
+                    .collect();
+                let idx: Vec<usize> = (0..width).collect();
+                let (_, pairs) = best_pairs(&idx, &|a, b| common_rows(&cols[a], &cols[b]));
+                for (a, b) in pairs {
+                    pack_pair(&cols[a], &cols[b], a, b, &mut data);
                 }
             }
         }
@@ -136,7 +229,6 @@ impl Packed {
             kc,
             nkc,
             noct,
-            slots,
             starts,
             data,
             bias: padded,
@@ -144,7 +236,24 @@ impl Packed {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        4 * (self.data.len() + self.bias.len()) + 8 * (self.starts.len() + self.slots.len())
+        4 * (self.data.len() + self.bias.len()) + 8 * self.starts.len()
+    }
+
+    /// Shared slots over all slots, from the pair headers.
+    pub(crate) fn shared_fraction(&self) -> f64 {
+        let (mut shared, mut all) = (0, 0);
+        let mut at = 0;
+        while at < self.data.len() {
+            let h = self.data[at] as usize;
+            let (s, p) = (h & 0xFFF, (h >> 12) & 0xFFF);
+            (shared, all) = (shared + s, all + s + p);
+            at += 1 + SLOT * (s + p);
+        }
+        if all == 0 {
+            1.0
+        } else {
+            shared as f64 / all as f64
+        }
     }
 }
 
@@ -245,28 +354,42 @@ unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut 
                 fill_panel::<B>(blk, k, k0, kl, pp);
             }
             let pb = pp.cast_const().cast::<u8>();
-            let slots = p.slots[c];
             for o in g0..p.noct.min(g0 + GROUP_OCT) {
                 let col = o * OCT;
                 let cols = OCT.min(n - col);
                 let so = (o - g0) * OCT;
                 let mut wp = p.data.as_ptr().add(p.starts[c * p.noct + o]);
-                for pr in 0..cols.div_ceil(COLS) {
-                    let sj = so + pr * COLS;
+                for _ in 0..cols.div_ceil(COLS) {
+                    let h = *wp as usize;
+                    wp = wp.add(1);
+                    let (shared, pair) = (h & 0xFFF, (h >> 12) & 0xFFF);
+                    let sj = [so + ((h >> 24) & 0xF), so + (h >> 28)];
                     let mut acc = [[_mm256_setzero_ps(); B]; COLS];
                     for j in 0..COLS {
                         for b in 0..B {
                             acc[j][b] = if c == 0 {
-                                _mm256_set1_ps(p.bias[col + pr * COLS + j])
+                                _mm256_set1_ps(p.bias[col + sj[j] - so])
                             } else {
-                                _mm256_load_ps(sp.add((sj + j) * ROWS + 8 * b))
+                                _mm256_load_ps(sp.add(sj[j] * ROWS + 8 * b))
                             };
                         }
                     }
-                    for _ in 0..slots {
-                        // SAFETY: a slot is SLOT u32s; its offsets name panel rows < kl
-                        // (or row 0 with weight 0), so 8B floats from there are in
-                        // the panel, 32-byte aligned (the stride is 192 bytes).
+                    // SAFETY (both loops): a slot is SLOT u32s; its offsets name panel
+                    // rows < kl, so 8B floats from there are in the panel, 32-byte
+                    // aligned (the stride is 192 bytes).
+                    for _ in 0..shared {
+                        // One panel load feeds both columns: (B + 2) loads per 2B FMAs.
+                        let w0 = _mm256_broadcast_ss(&*wp.cast::<f32>());
+                        let w1 = _mm256_broadcast_ss(&*wp.add(1).cast::<f32>());
+                        let xp = pb.add(*wp.add(2) as usize).cast::<f32>();
+                        for b in 0..B {
+                            let xv = _mm256_load_ps(xp.add(8 * b));
+                            acc[0][b] = _mm256_fmadd_ps(w0, xv, acc[0][b]);
+                            acc[1][b] = _mm256_fmadd_ps(w1, xv, acc[1][b]);
+                        }
+                        wp = wp.add(SLOT);
+                    }
+                    for _ in 0..pair {
                         for j in 0..COLS {
                             let w = _mm256_broadcast_ss(&*wp.add(j).cast::<f32>());
                             let off = (*wp.add(2) >> (16 * j)) & 0xFFFF;
@@ -280,7 +403,7 @@ unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut 
                     }
                     for j in 0..COLS {
                         for b in 0..B {
-                            _mm256_store_ps(sp.add((sj + j) * ROWS + 8 * b), acc[j][b]);
+                            _mm256_store_ps(sp.add(sj[j] * ROWS + 8 * b), acc[j][b]);
                         }
                     }
                 }
