@@ -3,11 +3,11 @@
 # magnitude, magnitude + fine-tune and MaskLLM (learned) 2:4 variants, export each beside
 # the dense model as models/v24_<mode>/ + models/v24_<mode>.toml (dense layout, weights
 # obeying 2:4), and evaluate all four with the Rust pipeline (`maskd eval --json`).
-#   MINUTES=12 SHARE=2 training/sparse_variants.sh
+#   MINUTES=20 SHARE=2 training/sparse_variants.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-/work/venv-train/bin/python}
-MINUTES=${MINUTES:-12}
+MINUTES=${MINUTES:-20}
 # output columns per shared 2:4 pattern (1 = every column its own; 2 = pairs, which the
 # AVX2 token kernel runs with one input load per two FMAs: docs/SPARSE.md section 3)
 SHARE=${SHARE:-2}
