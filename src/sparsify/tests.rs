@@ -326,6 +326,18 @@ fn bad_patterns_are_explained() {
 }
 
 #[test]
+fn bad_share_counts_are_explained() {
+    for bad in ["0", "65", "-1", "two", ""] {
+        let err = parse_share(bad).unwrap_err();
+        assert!(
+            err.contains("from 1 to 64") && err.contains(&format!("`{bad}`")),
+            "{err}"
+        );
+    }
+    assert_eq!(parse_share(" 2 "), Ok(2));
+}
+
+#[test]
 fn missing_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let err = sparsify(
