@@ -202,6 +202,8 @@ def main():
     ap.add_argument("--k", type=int, default=8, help="prompts scored per image")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (only where the CPU has native bf16)")
     ap.add_argument("--low-frac", type=float, default=0.8)
+    ap.add_argument("--distractor-weight", type=float, default=0.0,
+                    help="extra BCE weight on pixels of other objects than the prompted one")
     ap.add_argument("--ckpt-min", type=float, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -280,11 +282,19 @@ def main():
             img, tgt, pres, offsets = crop(img, tgt, rng, res)
         # K prompts per image: every present concept, then hard negatives (same colour or same
         # shape as a present one), then random absent ones; each with a random phrasing
+        # every object of the scene, for the distractor weighting below
+        objects = tgt.amax(1, keepdim=True) if a.distractor_weight > 0 else None
         tgt, pres, text = choose_prompts(tgt, pres, rng, a.k, phr)  # text [B,K,384]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             mk, pr = model(img, text, offsets)
         mk, pr = mk.float(), pr.float()
-        l_bce = F.binary_cross_entropy_with_logits(mk, tgt)
+        if objects is not None:
+            # pixels of OTHER objects (e.g. the red square for "red circle") weigh more:
+            # the confusion the evaluation shows is a mask spilling onto them
+            w = 1 + a.distractor_weight * (objects - tgt).clamp(min=0)
+            l_bce = F.binary_cross_entropy_with_logits(mk, tgt, weight=w)
+        else:
+            l_bce = F.binary_cross_entropy_with_logits(mk, tgt)
         l_dice = dice_loss(mk, tgt, pres)
         l_pres = F.binary_cross_entropy_with_logits(pr, pres)
         loss = 5 * l_bce + l_dice + l_pres
