@@ -115,17 +115,60 @@ pub struct ProfileResult {
     pub ops: Vec<OpRow>,
 }
 
-/// A variant's summary over rounds.
+/// The speed and size figures every bench table starts with (both modes).
 #[derive(Debug, Clone, Serialize)]
-pub struct VariantSummary {
+pub struct Speed {
     pub manifest: PathBuf,
     pub sparse_kernel: KernelArg,
     /// Bytes of the segmenter's files on disk (its graph and external weights).
     pub model_bytes: u64,
     pub median_ms: f64,
     pub fps: f64,
+    /// Against the first variant: [`paired_ratio`] of their frame times.
     pub fps_ratio: f64,
     pub model_bytes_ratio: f64,
+}
+
+impl Speed {
+    /// The figures of one variant; ratios are 1 until [`Speed::against`] sets them.
+    fn new(manifest: &Path, kernel: KernelArg, median_ms: f64) -> anyhow::Result<Speed> {
+        Ok(Speed {
+            manifest: manifest.to_path_buf(),
+            sparse_kernel: kernel,
+            model_bytes: model_bytes(manifest)?,
+            median_ms,
+            fps: 1e3 / median_ms.max(1e-9),
+            fps_ratio: 1.0,
+            model_bytes_ratio: 1.0,
+        })
+    }
+
+    /// Sets the ratios against the first variant, `base_bytes` being its model size.
+    fn against(&mut self, base_bytes: u64, fps_ratio: f64) {
+        self.fps_ratio = fps_ratio;
+        self.model_bytes_ratio = self.model_bytes as f64 / base_bytes.max(1) as f64;
+    }
+
+    /// The cells under [`speed_header`].
+    fn cells(&self) -> String {
+        format!(
+            "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
+            self.manifest.display().to_string(),
+            format!("{:?}", self.sparse_kernel).to_lowercase(),
+            self.median_ms,
+            self.fps,
+            self.fps_ratio,
+            self.model_bytes as f64 / 1e6,
+            self.model_bytes_ratio
+        )
+    }
+}
+
+/// A variant's summary over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantSummary {
+    #[serde(flatten)]
+    pub speed: Speed,
     pub allocs_per_frame: Option<f64>,
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -354,25 +397,18 @@ fn summarise(
         let mut medians: Vec<f64> = rounds.iter().map(|r| r.median_ms).collect();
         let median_ms = percentile(&mut medians, 0.5);
         let mut allocs: Vec<f64> = rounds.iter().filter_map(|r| r.allocs_per_frame).collect();
-        let model_bytes = model_bytes(manifest)?;
         out.push(VariantSummary {
-            manifest: manifest.clone(),
-            sparse_kernel: *kernel,
-            model_bytes,
-            median_ms,
-            fps: 1e3 / median_ms.max(1e-9),
-            fps_ratio: 1.0,
-            model_bytes_ratio: 1.0,
+            speed: Speed::new(manifest, *kernel, median_ms)?,
             allocs_per_frame: (!allocs.is_empty()).then(|| percentile(&mut allocs, 0.5)),
             rss_bytes: rounds.iter().map(|r| r.rss_bytes).max().unwrap_or(0),
             peak_rss_bytes: rounds.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
             rounds,
         });
     }
-    if let Some((base_ms, base_bytes)) = out.first().map(|b| (round_ms(b), b.model_bytes)) {
+    if let Some((base_ms, base_bytes)) = out.first().map(|b| (round_ms(b), b.speed.model_bytes)) {
         for v in &mut out {
-            v.fps_ratio = paired_ratio(&base_ms, &round_ms(v));
-            v.model_bytes_ratio = v.model_bytes as f64 / (base_bytes.max(1)) as f64;
+            let ratio = paired_ratio(&base_ms, &round_ms(v));
+            v.speed.against(base_bytes, ratio);
         }
     }
     Ok(out)
@@ -417,8 +453,8 @@ fn print_profiles(rows: &[VariantSummary]) {
         };
         println!(
             "\nprofile: {} ({}), {:.1} ms/frame while profiled (means)",
-            r.manifest.display(),
-            format!("{:?}", r.sparse_kernel).to_lowercase(),
+            r.speed.manifest.display(),
+            format!("{:?}", r.speed.sparse_kernel).to_lowercase(),
             p.frame_ms
         );
         // Rows under 0.5 % of the frame are summed into the plan total only.
@@ -476,15 +512,7 @@ fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
     for r in rows {
         println!(
             "{} {:>10.1} {:>10.1} {:>8}",
-            speed_cells(
-                &r.manifest,
-                r.sparse_kernel,
-                r.median_ms,
-                r.fps,
-                r.fps_ratio,
-                r.model_bytes,
-                r.model_bytes_ratio
-            ),
+            r.speed.cells(),
             r.rss_bytes as f64 / 1e6,
             r.peak_rss_bytes as f64 / 1e6,
             r.allocs_per_frame
@@ -493,32 +521,11 @@ fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
     }
 }
 
-/// The columns every bench table starts with (see [`speed_cells`]).
+/// The columns every bench table starts with (see [`Speed::cells`]).
 fn speed_header() -> String {
     format!(
         "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7}",
         "manifest", "kernel", "ms/frame", "fps", "x fps", "model MB", "x size"
-    )
-}
-
-fn speed_cells(
-    manifest: &Path,
-    kernel: KernelArg,
-    median_ms: f64,
-    fps: f64,
-    fps_ratio: f64,
-    model_bytes: u64,
-    model_bytes_ratio: f64,
-) -> String {
-    format!(
-        "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
-        manifest.display().to_string(),
-        format!("{kernel:?}").to_lowercase(),
-        median_ms,
-        fps,
-        fps_ratio,
-        model_bytes as f64 / 1e6,
-        model_bytes_ratio
     )
 }
 

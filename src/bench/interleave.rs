@@ -11,21 +11,15 @@
 use serde::Serialize;
 
 use super::{
-    model_bytes, paired_ratio, percentile, speed_cells, speed_header, turn_order, BenchArgs,
-    KernelArg, Loaded,
+    paired_ratio, percentile, speed_header, turn_order, BenchArgs, KernelArg, Loaded, Speed,
 };
 
 /// One variant's figures from an interleaved run.
 #[derive(Debug, Clone, Serialize)]
 pub struct InterleavedSummary {
-    pub manifest: std::path::PathBuf,
-    pub sparse_kernel: KernelArg,
-    pub model_bytes: u64,
-    pub median_ms: f64,
-    pub fps: f64,
-    /// Median over steps of (first variant's frame time / this variant's): [`paired_ratio`].
-    pub fps_ratio: f64,
-    pub model_bytes_ratio: f64,
+    /// `fps_ratio`: median over steps of (first variant's frame time / this variant's).
+    #[serde(flatten)]
+    pub speed: Speed,
     pub frames: usize,
 }
 
@@ -45,17 +39,13 @@ pub fn run(args: &BenchArgs, kernels: &[KernelArg]) -> anyhow::Result<Vec<Interl
     let base = times.first().cloned().unwrap_or_default();
     let mut out: Vec<InterleavedSummary> = Vec::with_capacity(loaded.len());
     for ((manifest, &kernel), t) in args.manifests.iter().zip(kernels).zip(times) {
-        let median_ms = percentile(&mut t.clone(), 0.5);
-        let bytes = model_bytes(manifest)?;
-        let base_bytes = out.first().map_or(bytes, |b| b.model_bytes);
+        let mut speed = Speed::new(manifest, kernel, percentile(&mut t.clone(), 0.5))?;
+        let base_bytes = out
+            .first()
+            .map_or(speed.model_bytes, |b| b.speed.model_bytes);
+        speed.against(base_bytes, paired_ratio(&base, &t));
         out.push(InterleavedSummary {
-            manifest: manifest.clone(),
-            sparse_kernel: kernel,
-            model_bytes: bytes,
-            median_ms,
-            fps: 1e3 / median_ms.max(1e-9),
-            fps_ratio: paired_ratio(&base, &t),
-            model_bytes_ratio: bytes as f64 / base_bytes.max(1) as f64,
+            speed,
             frames: t.len(),
         });
     }
@@ -71,17 +61,6 @@ pub fn print(args: &BenchArgs, rows: &[InterleavedSummary]) {
     );
     println!("{}", speed_header());
     for r in rows {
-        println!(
-            "{}",
-            speed_cells(
-                &r.manifest,
-                r.sparse_kernel,
-                r.median_ms,
-                r.fps,
-                r.fps_ratio,
-                r.model_bytes,
-                r.model_bytes_ratio
-            )
-        );
+        println!("{}", r.speed.cells());
     }
 }

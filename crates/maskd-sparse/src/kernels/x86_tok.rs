@@ -104,6 +104,8 @@ fn column_entries(m: &NmMatrix, k0: usize, g0: usize, g1: usize, col: usize) -> 
     let p = m.pattern();
     let mut out = Vec::new();
     if col < m.n() {
+        // Ascending already: groups in order, and an `NmMatrix` keeps each group's
+        // slot indices strictly increasing.
         for g in g0..g1 {
             for s in 0..p.n() {
                 let row = g * p.m() + m.index(g, s, col);
@@ -113,7 +115,6 @@ fn column_entries(m: &NmMatrix, k0: usize, g0: usize, g1: usize, col: usize) -> 
                 }
             }
         }
-        out.sort_by_key(|e| e.1);
     }
     out
 }
