@@ -210,6 +210,37 @@ macro_rules! kernel_suite {
                 }
             }
 
+            /// A row's bits do not depend on the block it runs in (what makes
+            /// `run_parallel` exact): 49 rows at once (the token kernel's 4 +
+            /// 3-vector blocks) against each row alone, plain and pair-shared.
+            #[test]
+            fn rows_do_not_depend_on_blocking() {
+                let (t, k, n) = (49, 192, 72);
+                let c = fixed(NmPattern::TWO_FOUR, t, k, n, true);
+                for share in [1, 2] {
+                    let m =
+                        NmMatrix::from_dense_pruned_shared(&c.w, k, n, c.pattern, share).unwrap();
+                    let Some(mm) = build(&m, c.bias.as_deref()) else {
+                        return;
+                    };
+                    let mut all = vec![f32::NAN; t * n];
+                    mm.run(&c.x, t, &mut all);
+                    let mut one = vec![f32::NAN; n];
+                    for r in 0..t {
+                        mm.run(&c.x[r * k..(r + 1) * k], 1, &mut one);
+                        let same = one
+                            .iter()
+                            .zip(&all[r * n..(r + 1) * n])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{}: share {share}, row {r} differs alone",
+                            mm.kernel_name()
+                        );
+                    }
+                }
+            }
+
             /// K = 5 with 2:4: the tail group has one real row, so one kept slot
             /// points into the padding; x must not be read past its row.
             #[test]
@@ -280,7 +311,7 @@ kernel_suite!(avx2tok_kernel, ANY_M, |m, b| build_for(
     b
 ));
 /// The token-SIMD AVX2 kernel cuts K into chunks of 128 inputs and N into groups
-/// of 256 columns whose partial sums stay on the stack; the shared suite's shapes
+/// of 768 columns whose partial sums stay on the stack; the shared suite's shapes
 /// fit one chunk and one group, so these go past both.
 mod avx2tok_large {
     use super::*;
@@ -301,7 +332,7 @@ mod avx2tok_large {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
         #[test]
-        fn several_chunks_and_groups(c in large_case()) {
+        fn several_chunks(c in large_case()) {
             run_case(build, &c)?;
         }
     }
@@ -345,16 +376,19 @@ mod avx2tok_large {
         assert!((0.4..0.9).contains(&f), "{f}");
     }
 
-    /// Two column groups (264 = 256 + 8), three K-chunks with a short one, row
-    /// blocks of every height, 1..=6 vectors (T = 49 runs as 32 + 24 rows).
+    /// Two column groups (776 = 768 + 8), three K-chunks with a short one, row
+    /// blocks of every height, 1..=6 vectors (T = 49 runs as 32 + 24 rows),
+    /// plain and pair-shared.
     #[test]
     fn group_and_chunk_boundaries() {
         for t in [1, 8, 9, 17, 33, 48, 49, 98, 196] {
-            run_case(build, &fixed(NmPattern::TWO_FOUR, t, 300, 264, true)).unwrap();
+            let c = fixed(NmPattern::TWO_FOUR, t, 300, 776, true);
+            run_case(build, &c).unwrap();
+            run_shared(build, &c, 2).unwrap();
         }
         run_case(
             build,
-            &fixed(NmPattern::new(3, 7).unwrap(), 41, 257, 263, false),
+            &fixed(NmPattern::new(3, 7).unwrap(), 41, 257, 775, false),
         )
         .unwrap();
     }

@@ -26,7 +26,7 @@
 //!   (`NmMatrix::from_dense_pruned_shared`, `training/sparse24.py --share 2`)
 //!   share all of them.
 //! * Accumulators start from the bias (first chunk) or from a stack scratch of
-//!   column-major partial sums (later chunks), which holds a group of 256 columns;
+//!   column-major partial sums (later chunks), which holds a group of 768 columns;
 //!   round trips through row-major `y` instead cost ~30 % at K = 192. After the
 //!   last chunk an octet leaves the scratch with 8x8 transposes into row-major `y`.
 //! * Rows are split into blocks of balanced height (`T = 49` runs as 32 + 24 rows
@@ -35,7 +35,7 @@
 //! Any N:M pattern works. Each output sums its shared slots, then its pair slots,
 //! each in ascending `k`, whatever the row blocking, so `run_parallel` gives the
 //! same bits as `run` (but not tract's bits: its order is plain ascending `k`).
-//! Stack use: 72 KiB (panel and scratch, uninitialised).
+//! Stack use: 168 KiB (panel and scratch, uninitialised).
 
 // Kernel loops index several arrays (accumulators, vectors, columns) by the same
 // counter; explicit indices read better here than zipped iterators.
@@ -61,9 +61,12 @@ const SLOT: usize = 3;
 /// Largest K-chunk: the panel (`KC_MAX * ROWS` floats, 24 KiB) stays in a 32 KiB L1d.
 const KC_MAX: usize = 128;
 /// Octets per column group: partial sums of a group stay in a stack scratch of
-/// `GROUP_OCT * 8 * ROWS` floats (48 KiB) across K-chunks, instead of round trips
-/// through row-major `y` (measured ~30 % slower for K = 192 in 2 chunks).
-const GROUP_OCT: usize = 32;
+/// `GROUP_OCT * 8 * ROWS` floats (144 KiB, in L2) across K-chunks, instead of round
+/// trips through row-major `y` (measured ~30 % slower for K = 192 in 2 chunks).
+/// Every column group transposes each K-chunk of `x` again, so one group for all
+/// of a ViT-Tiny's widths (N <= 768) beats an L1-sized one: 32 octets (48 KiB)
+/// ran qkv (N = 576, 3 groups) ~6 % slower, in six alternating runs.
+const GROUP_OCT: usize = 96;
 
 /// Panel byte offsets are packed as u16 pairs, and a slot holds exactly 2 columns.
 const _OFFSETS_FIT: () = assert!(KC_MAX * ROWS * 4 <= 1 << 16 && COLS == 2);
