@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate everything in models/ from scratch: text-encoder parts, data, training, export,
 # evaluation set, evaluation, demo clip and the text reference file.  Not run by CI.
-# Needs the environment of training/setup.sh.  On the 2-core CPU box this takes ~2 h
-# (data ~20 min, training MINUTES + MINUTES2 (default 75 + 80), export+eval ~10 min).
+# Needs the environment of training/setup.sh.  On the 2-core CPU box this takes ~4.5 h
+# (data ~20 min, training MINUTES + MINUTES2 (default 75 + 80), 2:4 variants ~60 min, export+eval ~15 min).
 #   MINUTES=75 MINUTES2=80 training/run_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +24,12 @@ rm -f training/work/curve.tsv
 "$PY" training/gen_eval.py --n 150 --seed 2000               # models/eval/*
 "$PY" training/eval.py --json training/work/eval_results.json
 "$PY" training/make_clip.py --check                          # models/demo/clip.webm
-# 2:4 variants (magnitude, fine-tuned, MaskLLM), evaluated side by side with maskd eval;
-# the shipped sparse model is the MaskLLM one, compressed to maskd.NmMatMul
+# 2:4 variants (magnitude, fine-tuned, MaskLLM, MaskLLM + fine-tune), evaluated side by side
+# with maskd eval; the shipped sparse model is MaskLLM + fine-tune, compressed to maskd.NmMatMul
 cargo build --release
 training/sparse_variants.sh
 # (the skips keep layers the variant left dense out of the compression: lossless)
 target/release/maskd sparsify --pattern 2:4 --skip /decoder/t1/ --skip /decoder/film --skip /decoder/qt/ \
-  --skip /decoder/ph1/ models/v24_maskllm/seg/seg.onnx models/seg24/seg.onnx
-# models/sparse24.toml = models/v24_maskllm.toml with model = "seg24/seg.onnx" and no [stages]
+  --skip /decoder/ph1/ models/v24_maskllm_ft/seg/seg.onnx models/seg24/seg.onnx
+# models/sparse24.toml = models/v24_maskllm_ft.toml with model = "seg24/seg.onnx" and no [stages]
 rm -rf models/v24_magnitude* models/v24_finetune* models/v24_maskllm*

@@ -116,6 +116,10 @@ def main():
     ap.add_argument("--mode", choices=["magnitude", "finetune", "maskllm"], required=True)
     ap.add_argument("--ckpt", default=os.path.join(WORK, "ckpt", "final.pt"))
     ap.add_argument("--out", required=True)
+    # A second phase after MaskLLM (as the paper fine-tunes after learning the masks):
+    # --mode finetune on the MaskLLM checkpoint keeps its masks (the magnitude mask of
+    # weights that already obey 2:4 is their own pattern) and distils from the dense one.
+    ap.add_argument("--teacher", default=None, help="checkpoint distilled from [default: --ckpt]")
     ap.add_argument("--weights", default="model", choices=["model", "ema"],
                     help="which weights of the checkpoint (the shipped dense model uses the raw ones)")
     ap.add_argument("--minutes", type=float, default=15)
@@ -142,7 +146,7 @@ def main():
 
     ck = torch.load(a.ckpt, map_location="cpu")
     dense = ViTSeg()
-    dense.load_state_dict(ck[a.weights])
+    dense.load_state_dict(torch.load(a.teacher, map_location="cpu")[a.weights] if a.teacher else ck[a.weights])
     dense.eval()
     m = ViTSeg()
     m.load_state_dict(ck[a.weights])
