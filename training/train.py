@@ -204,6 +204,9 @@ def main():
     ap.add_argument("--low-frac", type=float, default=0.8)
     ap.add_argument("--distractor-weight", type=float, default=0.0,
                     help="extra BCE weight on pixels of other objects than the prompted one")
+    ap.add_argument("--small-weight", type=float, default=0.0,
+                    help="extra weight on the whole loss of prompts whose object covers < 2%% of the "
+                         "image (docs/MODEL.md: small objects are where the masks fail)")
     ap.add_argument("--ckpt-min", type=float, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -288,14 +291,16 @@ def main():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             mk, pr = model(img, text, offsets)
         mk, pr = mk.float(), pr.float()
+        # per prompt: small present objects weigh (1 + small_weight) in both mask losses
+        small = pres * (tgt.mean((2, 3)) < 0.02).float()
+        pw = 1 + a.small_weight * small  # [B,K]
+        w = pw[..., None, None].expand_as(tgt)
         if objects is not None:
             # pixels of OTHER objects (e.g. the red square for "red circle") weigh more:
             # the confusion the evaluation shows is a mask spilling onto them
-            w = 1 + a.distractor_weight * (objects - tgt).clamp(min=0)
-            l_bce = F.binary_cross_entropy_with_logits(mk, tgt, weight=w)
-        else:
-            l_bce = F.binary_cross_entropy_with_logits(mk, tgt)
-        l_dice = dice_loss(mk, tgt, pres)
+            w = w * (1 + a.distractor_weight * (objects - tgt).clamp(min=0))
+        l_bce = F.binary_cross_entropy_with_logits(mk, tgt, weight=w)
+        l_dice = dice_loss(mk, tgt, pres * pw)
         l_pres = F.binary_cross_entropy_with_logits(pr, pres)
         loss = 5 * l_bce + l_dice + l_pres
         opt.zero_grad(set_to_none=True)
