@@ -10,41 +10,18 @@ patches, too few to see its shape.
 """
 import os
 import sys
-import tomllib
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import presence_sweep as ps  # noqa: E402  (its text encoder and upsampling, as maskd eval does)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from presence_sweep import ROOT, predictions  # noqa: E402
 
 
 def rows(manifest: str):
-    import onnxruntime as ort
-
-    man = tomllib.load(open(manifest, "rb"))
-    seg = man["segmenter"]
-    mean = np.array(man["image"]["mean"], np.float32)
-    std = np.array(man["image"]["std"], np.float32)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(os.path.join(os.path.dirname(manifest), seg["model"]), so,
-                                providers=["CPUExecutionProvider"])
-    ev = os.path.join(ROOT, "models", "eval")
+    """Per present prompt: (target area share, IoU, predicted/target area, share of the
+    prediction on the other prompted objects)."""
     out = []
-    for s in tomllib.load(open(os.path.join(ev, "index.toml"), "rb"))["sample"]:
-        prompts = s["prompt"]
-        if prompts[0].get("kind", "generated") != "generated":
-            continue
-        img = np.asarray(Image.open(os.path.join(ev, s["image"])).convert("RGB"), np.float32)
-        x = ((img / 255.0 - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-        ml, _ = sess.run([seg["mask_output"], seg["score_output"]],
-                         {seg["image_input"]: x, seg["text_input"]: ps.textenc.encode([p["text"] for p in prompts])})
-        up = ps.upsample_bilinear(ml.astype(np.float32), 224)
-        gts = {j: np.asarray(Image.open(os.path.join(ev, p["mask"])).convert("L")) > 0
-               for j, p in enumerate(prompts) if "mask" in p}
+    for _, up, _, gts in predictions(manifest):
         for j, gt in gts.items():
             m = up[j] > 0
             others = np.zeros_like(gt)

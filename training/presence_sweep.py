@@ -24,10 +24,13 @@ import textenc  # noqa: E402
 from eval import ROOT, upsample_bilinear  # noqa: E402
 
 
-def scores(manifest: str, emb_cache: dict):
-    """(presence logit, IoU) per present prompt and (presence logit, coverage) per absent one."""
+def predictions(manifest: str, emb_cache: dict | None = None):
+    """Per generated eval sample: (prompts, mask logits upsampled to 224 [P,224,224], presence
+    logits [P], {prompt index: ground-truth mask}) from the manifest's segmenter, as maskd eval
+    runs it."""
     import onnxruntime as ort
 
+    emb_cache = {} if emb_cache is None else emb_cache
     man = tomllib.load(open(manifest, "rb"))
     seg = man["segmenter"]
     mean = np.array(man["image"]["mean"], np.float32)
@@ -37,7 +40,6 @@ def scores(manifest: str, emb_cache: dict):
     base = os.path.dirname(manifest)
     sess = ort.InferenceSession(os.path.join(base, seg["model"]), so, providers=["CPUExecutionProvider"])
     ev = os.path.join(ROOT, "models", "eval")
-    present, absent = [], []
     for s in tomllib.load(open(os.path.join(ev, "index.toml"), "rb"))["sample"]:
         prompts = s["prompt"]
         if prompts[0].get("kind", "generated") != "generated":
@@ -48,15 +50,24 @@ def scores(manifest: str, emb_cache: dict):
             emb_cache[s["image"]] = textenc.encode([p["text"] for p in prompts])
         ml, pl = sess.run([seg["mask_output"], seg["score_output"]],
                           {seg["image_input"]: x, seg["text_input"]: emb_cache[s["image"]]})
-        up = upsample_bilinear(ml.astype(np.float32), 224)
-        for j, p in enumerate(prompts):
+        gts = {j: np.asarray(Image.open(os.path.join(ev, p["mask"])).convert("L")) > 0
+               for j, p in enumerate(prompts) if "mask" in p}
+        yield prompts, upsample_bilinear(ml.astype(np.float32), 224), pl, gts
+
+
+def scores(manifest: str, emb_cache: dict):
+    """(presence logit, IoU) per present prompt and (presence logit, coverage) per absent one."""
+    present, absent = [], []
+    for prompts, up, pl, gts in predictions(manifest, emb_cache):
+        for j in range(len(prompts)):
             m = up[j] > 0
-            if "mask" in p:
-                gt = np.asarray(Image.open(os.path.join(ev, p["mask"])).convert("L")) > 0
+            if j in gts:
+                gt = gts[j]
                 present.append((pl[j], (m & gt).sum() / max((m | gt).sum(), 1)))
             else:
                 absent.append((pl[j], m.mean()))
-    return float(seg["score_threshold"]), np.array(present), np.array(absent)
+    thr = tomllib.load(open(manifest, "rb"))["segmenter"]["score_threshold"]
+    return float(thr), np.array(present), np.array(absent)
 
 
 def main():
