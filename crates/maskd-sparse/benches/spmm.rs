@@ -1,6 +1,7 @@
 //! 2:4 sparse kernels vs tract's dense matmul on the default model's GEMMs.
 //!
-//! `cargo bench -p maskd-sparse [-- --seconds S] [--threads 2] [--generic] [--share 2]`
+//! `cargo bench -p maskd-sparse [-- --seconds S] [--threads 2] [--generic] [--share 2]
+//! [--only fc2] [--tokens 49,32]`
 //!
 //! For every distinct GEMM of the default model (width 192, MLP 768, 3 heads:
 //! QKV 192->576, proj 192->192, fc1 192->768, fc2 768->192) at T = 196, 98, 49:
@@ -63,6 +64,10 @@ struct Args {
     generic: bool,
     /// Output columns per shared pattern (1: plain magnitude 2:4).
     share: usize,
+    /// Only the GEMMs of this name (to study one shape).
+    only: Option<String>,
+    /// Token counts (default `TOKENS`).
+    tokens: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -71,6 +76,8 @@ fn args() -> Args {
         threads: 1,
         generic: false,
         share: 1,
+        only: None,
+        tokens: TOKENS.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
@@ -79,6 +86,13 @@ fn args() -> Args {
             "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
             "--generic" => a.generic = true,
             "--share" => a.share = it.next().and_then(|v| v.parse().ok()).expect("--share N"),
+            "--only" => a.only = it.next(),
+            "--tokens" => {
+                a.tokens = it
+                    .next()
+                    .and_then(|v| v.split(',').map(|t| t.parse().ok()).collect())
+                    .expect("--tokens T1,T2,...")
+            }
             _ => {} // cargo passes --bench
         }
     }
@@ -140,8 +154,11 @@ fn main() {
     println!("---|");
 
     let mut all_ratios: Vec<Vec<f64>> = vec![vec![]; kinds.len()];
-    for &t in &TOKENS {
+    for &t in &a.tokens {
         for (si, &(name, k, n)) in SHAPES.iter().enumerate() {
+            if a.only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let w = noise(k * n, 1 + si as u64);
             let x = noise(t * k, 100 + t as u64);
             let sparse =

@@ -211,8 +211,9 @@ macro_rules! kernel_suite {
             }
 
             /// A row's bits do not depend on the block it runs in (what makes
-            /// `run_parallel` exact): 49 rows at once (the token kernel's 4 +
-            /// 3-vector blocks) against each row alone, plain and pair-shared.
+            /// `run_parallel` exact): 49 rows at once (the token kernel's
+            /// 6-vector block and its rider row) against each row alone, plain
+            /// and pair-shared.
             #[test]
             fn rows_do_not_depend_on_blocking() {
                 let (t, k, n) = (49, 192, 72);
@@ -377,11 +378,12 @@ mod avx2tok_large {
     }
 
     /// Two column groups (776 = 768 + 8), three K-chunks with a short one, row
-    /// blocks of every height, 1..=6 vectors (T = 49 runs as 32 + 24 rows),
-    /// plain and pair-shared.
+    /// blocks of every height, 1..=6 vectors, each with and without a rider row
+    /// (T = 8q + 1: 9, 17, 25, 33, 41, 49; 97 = 6 + 6 vectors + rider), plain and
+    /// pair-shared.
     #[test]
     fn group_and_chunk_boundaries() {
-        for t in [1, 8, 9, 17, 33, 48, 49, 98, 196] {
+        for t in [1, 8, 9, 16, 17, 25, 33, 41, 48, 49, 97, 98, 196] {
             let c = fixed(NmPattern::TWO_FOUR, t, 300, 776, true);
             run_case(build, &c).unwrap();
             run_shared(build, &c, 2).unwrap();

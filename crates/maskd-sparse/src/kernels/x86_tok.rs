@@ -29,13 +29,20 @@
 //!   column-major partial sums (later chunks), which holds a group of 768 columns;
 //!   round trips through row-major `y` instead cost ~30 % at K = 192. After the
 //!   last chunk an octet leaves the scratch with 8x8 transposes into row-major `y`.
-//! * Rows are split into blocks of balanced height (`T = 49` runs as 32 + 24 rows
-//!   rather than 48 + 8), each block with its own `B` (1..=6).
+//! * Rows are split into blocks of balanced height (`T = 50` runs as 4 + 3 vectors
+//!   rather than 6 + 1), each block with its own `B` (1..=6). Blocks of 1-3
+//!   vectors are bound by FMA latency (6 chains or fewer for 4 cycles x 2 pipes),
+//!   so a lone extra row (`T = 8q + 1`: 49 after pruning 196 by 4) does not get a
+//!   block: it **rides** in the last block, in lanes 0 and 1 of one xmm
+//!   accumulator (its two columns of the pair), its inputs in a small side panel
+//!   indexed by `offset >> 6`. That adds one FMA per slot to the `2B` of the
+//!   block (16 registers at B = 6). fc2 at T = 49 went from 4 + 3 vectors,
+//!   ~30 % dearer than T = 48, to 6 vectors and a rider, ~10 % dearer.
 //!
 //! Any N:M pattern works. Each output sums its shared slots, then its pair slots,
 //! each in ascending `k`, whatever the row blocking, so `run_parallel` gives the
 //! same bits as `run` (but not tract's bits: its order is plain ascending `k`).
-//! Stack use: 168 KiB (panel and scratch, uninitialised).
+//! Stack use: 173 KiB (panel, scratch and the rider's, uninitialised).
 
 // Kernel loops index several arrays (accumulators, vectors, columns) by the same
 // counter; explicit indices read better here than zipped iterators.
@@ -268,6 +275,16 @@ struct Panel([f32; KC_MAX * ROWS]);
 #[repr(C, align(64))]
 struct Scratch([[f32; ROWS]; GROUP_OCT * OCT]);
 
+/// Floats of the rider's input panel (`rp[kk * 3]`).
+const RIDER_PANEL: usize = KC_MAX * 3;
+
+/// The rider row's input panel, then its partial sums (one per column of a group).
+#[repr(C, align(64))]
+struct Rider([f32; RIDER_PANEL + GROUP_OCT * OCT]);
+
+/// The rider's input index `offset >> 6` is `3 kk` only while a panel row is 192 bytes.
+const _RIDER_INDEX: () = assert!(ROWS * 4 == 3 << 6);
+
 /// In-register 8x8 transpose: row `i` of the result is lane `i` of every input.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -311,30 +328,60 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
     // scratch only at columns and lanes the previous K-chunk stored.
     let mut panel = MaybeUninit::<Panel>::uninit();
     let mut sc = MaybeUninit::<Scratch>::uninit();
-    let (pp, sp) = (
-        panel.as_mut_ptr().cast::<f32>(),
-        sc.as_mut_ptr().cast::<f32>(),
-    );
-    let nvec = t.div_ceil(8);
+    let mut rider = MaybeUninit::<Rider>::uninit();
+    let s = Stack {
+        panel: panel.as_mut_ptr().cast::<f32>(),
+        sc: sc.as_mut_ptr().cast::<f32>(),
+        rp: rider.as_mut_ptr().cast::<f32>(),
+        rs: rider.as_mut_ptr().cast::<f32>().add(RIDER_PANEL),
+    };
+    // With one row past whole vectors (T = 8q + 1, e.g. 49 after pruning), that row
+    // rides in the last block instead of costing a block of its own: a 1-vector
+    // block is FMA-latency bound and cost as much as a 4-vector one (fc2 at T = 49
+    // ran 48 + 1 rows ~30 % slower than 48).
+    let rider = t > 8 && t % 8 == 1;
+    let nvec = if rider { t / 8 } else { t.div_ceil(8) };
     let nblk = nvec.div_ceil(VECS);
     let (mut r0, mut done) = (0, 0);
     for blk in 0..nblk {
         // Spread the vectors evenly, so a small row tail is not a block of its own.
         let v = (nvec - done).div_ceil(nblk - blk);
-        let rows = (v * 8).min(t - r0);
+        let last = blk + 1 == nblk;
+        let rows = if rider && last {
+            8 * v + 1
+        } else {
+            (v * 8).min(t - r0)
+        };
         let blk = Block { r0, rows, x, y };
         // SAFETY: rows r0..r0 + rows <= t; the other contracts are `run`'s.
-        match v {
-            1 => block::<1>(p, &blk, pp, sp),
-            2 => block::<2>(p, &blk, pp, sp),
-            3 => block::<3>(p, &blk, pp, sp),
-            4 => block::<4>(p, &blk, pp, sp),
-            5 => block::<5>(p, &blk, pp, sp),
-            _ => block::<6>(p, &blk, pp, sp),
+        match (v, rider && last) {
+            (1, false) => block::<1, false>(p, &blk, &s),
+            (2, false) => block::<2, false>(p, &blk, &s),
+            (3, false) => block::<3, false>(p, &blk, &s),
+            (4, false) => block::<4, false>(p, &blk, &s),
+            (5, false) => block::<5, false>(p, &blk, &s),
+            (_, false) => block::<6, false>(p, &blk, &s),
+            (1, true) => block::<1, true>(p, &blk, &s),
+            (2, true) => block::<2, true>(p, &blk, &s),
+            (3, true) => block::<3, true>(p, &blk, &s),
+            (4, true) => block::<4, true>(p, &blk, &s),
+            (5, true) => block::<5, true>(p, &blk, &s),
+            (_, true) => block::<6, true>(p, &blk, &s),
         }
         r0 += rows;
         done += v;
     }
+}
+
+/// The stack buffers of one `run` call.
+struct Stack {
+    panel: *mut f32,
+    sc: *mut f32,
+    /// Rider row's inputs: `rp[kk * 3]` for panel row `kk`, found from a panel byte
+    /// offset `kk * 192` as `offset >> 6` (one shift, no second offset to pack).
+    rp: *mut f32,
+    /// Rider row's partial sums, one per column of the group.
+    rs: *mut f32,
 }
 
 /// One block of rows: `x` and `y` are the whole matrices, rows `r0..r0 + rows`.
@@ -345,17 +392,27 @@ struct Block {
     y: *mut f32,
 }
 
-/// A block of `rows <= 8B` token rows, all K-chunks, all columns.
+/// A block of `rows <= 8B` token rows (`8B + 1` with the rider `R`: its last row
+/// runs in the lanes 0 and 1 of an extra xmm accumulator, one per column of the
+/// pair, beside the `2B` ymm ones), all K-chunks, all columns.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut f32) {
+unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stack) {
     let (k, n) = (p.k, p.n);
+    let (pp, sp, rp, rs) = (s.panel, s.sc, s.rp, s.rs);
     for g0 in (0..p.noct).step_by(GROUP_OCT) {
         for c in 0..p.nkc {
             let k0 = c * p.kc;
             let kl = p.kc.min(k - k0);
             if p.nkc > 1 || g0 == 0 {
                 fill_panel::<B>(blk, k, k0, kl, pp);
+                if R {
+                    // SAFETY: the rider is row r0 + 8B < t; rp holds KC_MAX * 3 floats.
+                    let xr = blk.x.add((blk.r0 + 8 * B) * k + k0);
+                    for kk in 0..kl {
+                        *rp.add(3 * kk) = *xr.add(kk);
+                    }
+                }
             }
             let pb = pp.cast_const().cast::<u8>();
             for o in g0..p.noct.min(g0 + GROUP_OCT) {
@@ -369,6 +426,16 @@ unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut 
                     let (shared, pair) = (h & 0xFFF, (h >> 12) & 0xFFF);
                     let sj = [so + ((h >> 24) & 0xF), so + (h >> 28)];
                     let mut acc = [[_mm256_setzero_ps(); B]; COLS];
+                    // Lanes 0 and 1: the rider's two columns (2 and 3 repeat them).
+                    let mut accr = _mm_setzero_ps();
+                    if R {
+                        let (ra, rb) = if c == 0 {
+                            (p.bias[col + sj[0] - so], p.bias[col + sj[1] - so])
+                        } else {
+                            (*rs.add(sj[0]), *rs.add(sj[1]))
+                        };
+                        accr = _mm_setr_ps(ra, rb, ra, rb);
+                    }
                     for j in 0..COLS {
                         for b in 0..B {
                             acc[j][b] = if c == 0 {
@@ -391,6 +458,16 @@ unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut 
                             acc[0][b] = _mm256_fmadd_ps(w0, xv, acc[0][b]);
                             acc[1][b] = _mm256_fmadd_ps(w1, xv, acc[1][b]);
                         }
+                        if R {
+                            // [w0, w1, w0, w1] from the broadcasts (a blend runs on
+                            // any FP pipe) times the rider's input: 16 ymm registers.
+                            let wv = _mm_blend_ps::<0b1010>(
+                                _mm256_castps256_ps128(w0),
+                                _mm256_castps256_ps128(w1),
+                            );
+                            let xr = _mm_broadcast_ss(&*rp.add((*wp.add(2) >> 6) as usize));
+                            accr = _mm_fmadd_ps(xr, wv, accr);
+                        }
                         wp = wp.add(SLOT);
                     }
                     for _ in 0..pair {
@@ -403,6 +480,14 @@ unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut 
                                 acc[j][b] = _mm256_fmadd_ps(w, xv, acc[j][b]);
                             }
                         }
+                        if R {
+                            // Each column its own input row: [x(k0), x(k1)] twice.
+                            let off = *wp.add(2);
+                            let xa = *rp.add(((off & 0xFFFF) >> 6) as usize);
+                            let xb = *rp.add((off >> 22) as usize);
+                            let wv = _mm_castpd_ps(_mm_load1_pd(wp.cast::<f64>()));
+                            accr = _mm_fmadd_ps(_mm_setr_ps(xa, xb, xa, xb), wv, accr);
+                        }
                         wp = wp.add(SLOT);
                     }
                     for j in 0..COLS {
@@ -410,9 +495,20 @@ unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut 
                             _mm256_store_ps(sp.add(sj[j] * ROWS + 8 * b), acc[j][b]);
                         }
                     }
+                    if R {
+                        _mm_store_ss(rs.add(sj[0]), accr);
+                        _mm_store_ss(rs.add(sj[1]), _mm_movehdup_ps(accr));
+                    }
                 }
                 if c + 1 == p.nkc {
                     octet_out::<B>(blk, n, col, cols, sp.add(so * ROWS));
+                    if R {
+                        // SAFETY: the rider is row r0 + 8B < t, columns col + j < n.
+                        let yr = blk.y.add((blk.r0 + 8 * B) * n + col);
+                        for j in 0..cols {
+                            *yr.add(j) = *rs.add(so + j);
+                        }
+                    }
                 }
             }
         }
