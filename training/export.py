@@ -37,7 +37,7 @@ import torch
 from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import (DEPTH, MEAN, SKIP_C, STD, WIDTH, SegBlock, SegDecoder, SegEmbed, SegFull, ViTSeg,  # noqa: E402
+from model import (DEPTH, MEAN, SKIP_C, STD, WIDTH, SegBlock, SegDecoder, SegEmbed, SegFull, ViTSeg, for_state,  # noqa: E402
                    decompose_layernorms)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,9 +48,10 @@ EXTERNAL_MIN_BYTES = 256  # smaller tensors (shape constants, scalars) stay inli
 
 
 def load_model(ckpt: str, which: str = "ema") -> ViTSeg:
-    m = ViTSeg()
     ck = torch.load(ckpt, map_location="cpu")
-    m.load_state_dict(ck[which] if which in ck else ck["ema"])
+    state = ck[which] if which in ck else ck["ema"]
+    m = for_state(state)
+    m.load_state_dict(state)
     m.eval()
     decompose_layernorms(m)
     return m, ck.get("step", -1), ck.get("elapsed", -1)

@@ -93,6 +93,52 @@ class Stem(nn.Module):
         return self.act(self.c2(self.act(self.c1(x))))
 
 
+class Refine(nn.Module):
+    """Text-conditioned correction of the mask logits at 56x56 (stride 4).
+
+    The ViT decides per 16x16 patch, so an object under ~1.5 patches is a blob in one or two
+    tokens: the session-6 diagnosis found 40 % of such objects' predicted pixels on other
+    prompted objects, the shape word reaching the decoder clearly. This head looks at the
+    coarse mask together with the stride-4 features (pixel embeddings and the stem's skip),
+    modulated per prompt by FiLM from the text, through a receptive field of 11 px at 56x56
+    (44 px at 224: the small objects whole), and adds a correction. The last conv starts at
+    zero, so a checkpoint without the head starts where it was. Off by default
+    (`train.py --refine`): 40 minutes with it did not beat 35 minutes without it
+    (docs/MODEL.md, session 7), so the shipped model has no such head.
+    Cost per prompt: ~18 MFLOP (the image projection is shared by all prompts).
+    """
+
+    C = 32
+
+    def __init__(self):
+        super().__init__()
+        c = self.C
+        self.img = nn.Conv2d(D + SKIP_C, c, 1)  # per image
+        self.msk = nn.Conv2d(1, c, 3, 1, 1)  # per prompt, from the coarse logits
+        self.film = nn.Linear(256, 2 * c)
+        self.dw1 = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.pw1 = nn.Conv2d(c, c, 1)
+        self.dw2 = nn.Conv2d(c, c, 3, 1, 2, dilation=2, groups=c)
+        self.pw2 = nn.Conv2d(c, c, 1)
+        self.out = nn.Conv2d(c, 1, 3, 1, 1)
+        self.act = nn.GELU(approximate="tanh")
+        for m in (self.film, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, pix, skip, mask, e):
+        """pix [B,D,H,W], skip [B,32,H,W], mask [B,P,H,W] logits, e [B,P,256] -> delta [B,P,H,W]."""
+        B, P, H, W = mask.shape
+        c = self.C
+        im = self.img(torch.cat([pix, skip], 1))  # [B,c,H,W]
+        x = self.msk(mask.reshape(B * P, 1, H, W)).reshape(B, P, c, H, W) + im.unsqueeze(1)
+        g, b = self.film(e).reshape(B, P, 2 * c, 1, 1).chunk(2, dim=2)
+        x = self.act(x * (1.0 + g) + b).reshape(B * P, c, H, W)
+        x = self.act(self.pw1(self.dw1(x)))
+        x = self.act(self.pw2(self.dw2(x)))
+        return self.out(x).reshape(B, P, H, W)
+
+
 class Decoder(nn.Module):
     """Image-only pixel embeddings + FUSE text-conditioned blocks run once per prompt.
 
@@ -103,8 +149,9 @@ class Decoder(nn.Module):
     independent and prunable: N prompts cost one encoder pass plus N x FUSE blocks.
     """
 
-    def __init__(self):
+    def __init__(self, refine: bool = False):
         super().__init__()
+        self.refine = Refine() if refine else None
         self.norm = nn.LayerNorm(WIDTH, eps=1e-6)
         self.p1 = nn.Conv2d(WIDTH, 96, 1)
         self.c1 = nn.Conv2d(96, 64, 3, 1, 1)
@@ -160,6 +207,8 @@ class Decoder(nn.Module):
         q = self.qt(f).transpose(1, 2).reshape(B * P, D, h, w)
         q = F.interpolate(q, scale_factor=4.0, mode="bilinear", align_corners=False).reshape(B, P, D, H, W)
         mask = (q * pix.unsqueeze(1)).sum(2) * (self.mask_scale / math.sqrt(D)) + self.mask_bias
+        if self.refine is not None:
+            mask = mask + self.refine(pix, skip, mask, self.act(self.t1(text)))
         head = self.ph2(self.act(self.ph1(f))).reshape(B, P, h * w).amax(-1)
         return mask, head
 
@@ -171,16 +220,16 @@ class Decoder(nn.Module):
 
 
 class ViTSeg(nn.Module):
-    def __init__(self):
+    def __init__(self, refine: bool = False):
         super().__init__()
         self.stem = Stem()
         self.patch = nn.Linear(3 * PATCH * PATCH, WIDTH)
         self.pos = nn.Parameter(torch.randn(1, GRID * GRID, WIDTH) * 0.02)
         self.blocks = nn.ModuleList([Block() for _ in range(DEPTH)])
-        self.decoder = Decoder()
+        self.decoder = Decoder(refine)
         self.apply(self._init)
-        for f in self.decoder.film:  # FiLM starts as the identity
-            nn.init.zeros_(f.weight)
+        for f in list(self.decoder.film) + ([self.decoder.refine.film, self.decoder.refine.out] if refine else []):
+            nn.init.zeros_(f.weight)  # FiLM starts as the identity, the refinement at zero
             nn.init.zeros_(f.bias)
 
     @staticmethod
@@ -281,3 +330,8 @@ def param_count(m):
 if __name__ == "__main__":
     m = ViTSeg()
     print("params", param_count(m), "blocks", sum(param_count(b) for b in m.blocks), "decoder", param_count(m.decoder))
+
+
+def for_state(state: dict) -> "ViTSeg":
+    """The architecture a checkpoint's state was trained with (with or without `Refine`)."""
+    return ViTSeg(refine=any(k.startswith("decoder.refine.") for k in state))

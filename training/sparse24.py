@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torch.nn.utils.parametrize as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import ViTSeg  # noqa: E402
+from model import ViTSeg, for_state  # noqa: E402
 from train import WORK, Data, Phrasings, choose_prompts, crop, dice_loss, validate  # noqa: E402
 
 # The 6 ways to keep 2 of 4, as rows of 0/1.
@@ -145,10 +145,11 @@ def main():
     flip_rng = random.Random(a.seed)
 
     ck = torch.load(a.ckpt, map_location="cpu")
-    dense = ViTSeg()
-    dense.load_state_dict(torch.load(a.teacher, map_location="cpu")[a.weights] if a.teacher else ck[a.weights])
+    tstate = torch.load(a.teacher, map_location="cpu")[a.weights] if a.teacher else ck[a.weights]
+    dense = for_state(tstate)
+    dense.load_state_dict(tstate)
     dense.eval()
-    m = ViTSeg()
+    m = for_state(ck[a.weights])
     m.load_state_dict(ck[a.weights])
     masks = []
     for name, lin in targets(m):

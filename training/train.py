@@ -207,6 +207,8 @@ def main():
     ap.add_argument("--small-weight", type=float, default=0.0,
                     help="extra weight on the whole loss of prompts whose object covers < 2%% of the "
                          "image (docs/MODEL.md: small objects are where the masks fail)")
+    ap.add_argument("--refine", action="store_true",
+                    help="add model.Refine, a text-conditioned 56x56 correction of the mask logits (not shipped)")
     ap.add_argument("--ckpt-min", type=float, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -233,8 +235,8 @@ def main():
 
     data = Data(a.data)
     val = Data(a.val) if os.path.exists(os.path.join(a.val, "DONE")) else None
-    model = ViTSeg()
-    ema = ViTSeg()
+    model = ViTSeg(refine=a.refine)
+    ema = ViTSeg(refine=a.refine)
     ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)

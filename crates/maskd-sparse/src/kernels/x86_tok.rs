@@ -395,7 +395,9 @@ struct Block {
 /// A block of `rows <= 8B` token rows (`8B + 1` with the rider `R`: its last row
 /// runs in the lanes 0 and 1 of an extra xmm accumulator, one per column of the
 /// pair, beside the `2B` ymm ones), all K-chunks, all columns.
-#[inline]
+// Not inlined: with 12 instantiations in `run`, LLVM stopped inlining `fill_panel` and
+// `octet_out` into them, and T = 98 ran 0.1-0.3x slower than before the rider.
+#[inline(never)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stack) {
     let (k, n) = (p.k, p.n);
