@@ -185,11 +185,11 @@ class Decoder(nn.Module):
         x = self.c2(self.act(self.dw(self.act(self.p2(x)))))
         return x, t
 
-    def fused(self, t, text):
-        """t [B,T,C] normed tokens, text [B,P,384] -> per-prompt tokens [B*P,T,C]."""
+    def fused(self, t, e):
+        """t [B,T,C] normed tokens, e [B,P,256] prompt features -> per-prompt tokens [B*P,T,C]."""
         B, T, C = t.shape
-        P = text.shape[1]
-        e = self.act(self.t1(text)).reshape(B * P, 1, 256)
+        P = e.shape[1]
+        e = e.reshape(B * P, 1, 256)
         x = t.unsqueeze(1).expand(B, P, T, C).reshape(B * P, T, C)
         for i, blk in enumerate(self.fuse):
             g, b = self.film[i](e).chunk(2, dim=-1)
@@ -202,13 +202,14 @@ class Decoder(nn.Module):
         pix, t = self.pixel_map(tokens, skip)
         B, _, H, W = pix.shape
         P = text.shape[1]
-        f = self.fused(t, text)  # [B*P,T,C]
+        e = self.act(self.t1(text))  # [B,P,256], for the fused blocks and the refinement
+        f = self.fused(t, e)  # [B*P,T,C]
         h, w = H // 4, W // 4
         q = self.qt(f).transpose(1, 2).reshape(B * P, D, h, w)
         q = F.interpolate(q, scale_factor=4.0, mode="bilinear", align_corners=False).reshape(B, P, D, H, W)
         mask = (q * pix.unsqueeze(1)).sum(2) * (self.mask_scale / math.sqrt(D)) + self.mask_bias
         if self.refine is not None:
-            mask = mask + self.refine(pix, skip, mask, self.act(self.t1(text)))
+            mask = mask + self.refine(pix, skip, mask, e)
         head = self.ph2(self.act(self.ph1(f))).reshape(B, P, h * w).amax(-1)
         return mask, head
 
@@ -327,11 +328,12 @@ def param_count(m):
     return sum(p.numel() for p in m.parameters())
 
 
+def for_state(state: dict) -> "ViTSeg":
+    """The architecture a checkpoint's state was trained with (with or without `Refine`)."""
+    return ViTSeg(refine=any(k.startswith("decoder.refine.") for k in state))
+
+
 if __name__ == "__main__":
     m = ViTSeg()
     print("params", param_count(m), "blocks", sum(param_count(b) for b in m.blocks), "decoder", param_count(m.decoder))
 
-
-def for_state(state: dict) -> "ViTSeg":
-    """The architecture a checkpoint's state was trained with (with or without `Refine`)."""
-    return ViTSeg(refine=any(k.startswith("decoder.refine.") for k in state))

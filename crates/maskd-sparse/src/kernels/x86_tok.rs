@@ -353,20 +353,23 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
             (v * 8).min(t - r0)
         };
         let blk = Block { r0, rows, x, y };
+        macro_rules! by_height {
+            ($r:literal) => {
+                match v {
+                    1 => block::<1, $r>(p, &blk, &s),
+                    2 => block::<2, $r>(p, &blk, &s),
+                    3 => block::<3, $r>(p, &blk, &s),
+                    4 => block::<4, $r>(p, &blk, &s),
+                    5 => block::<5, $r>(p, &blk, &s),
+                    _ => block::<6, $r>(p, &blk, &s),
+                }
+            };
+        }
         // SAFETY: rows r0..r0 + rows <= t; the other contracts are `run`'s.
-        match (v, rider && last) {
-            (1, false) => block::<1, false>(p, &blk, &s),
-            (2, false) => block::<2, false>(p, &blk, &s),
-            (3, false) => block::<3, false>(p, &blk, &s),
-            (4, false) => block::<4, false>(p, &blk, &s),
-            (5, false) => block::<5, false>(p, &blk, &s),
-            (_, false) => block::<6, false>(p, &blk, &s),
-            (1, true) => block::<1, true>(p, &blk, &s),
-            (2, true) => block::<2, true>(p, &blk, &s),
-            (3, true) => block::<3, true>(p, &blk, &s),
-            (4, true) => block::<4, true>(p, &blk, &s),
-            (5, true) => block::<5, true>(p, &blk, &s),
-            (_, true) => block::<6, true>(p, &blk, &s),
+        if rider && last {
+            by_height!(true)
+        } else {
+            by_height!(false)
         }
         r0 += rows;
         done += v;
