@@ -211,33 +211,35 @@ macro_rules! kernel_suite {
             }
 
             /// A row's bits do not depend on the block it runs in (what makes
-            /// `run_parallel` exact): 49 rows at once (the token kernel's
-            /// 6-vector block and its rider row) against each row alone, plain
-            /// and pair-shared.
+            /// `run_parallel` exact): 49-52 rows at once (the token kernel's
+            /// 6-vector block and its 1, 2, 3 or 4 rider rows) against each row
+            /// alone, plain and pair-shared.
             #[test]
             fn rows_do_not_depend_on_blocking() {
-                let (t, k, n) = (49, 192, 72);
-                let c = fixed(NmPattern::TWO_FOUR, t, k, n, true);
-                for share in [1, 2] {
-                    let m =
-                        NmMatrix::from_dense_pruned_shared(&c.w, k, n, c.pattern, share).unwrap();
-                    let Some(mm) = build(&m, c.bias.as_deref()) else {
-                        return;
-                    };
-                    let mut all = vec![f32::NAN; t * n];
-                    mm.run(&c.x, t, &mut all);
-                    let mut one = vec![f32::NAN; n];
-                    for r in 0..t {
-                        mm.run(&c.x[r * k..(r + 1) * k], 1, &mut one);
-                        let same = one
-                            .iter()
-                            .zip(&all[r * n..(r + 1) * n])
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
-                        assert!(
-                            same,
-                            "{}: share {share}, row {r} differs alone",
-                            mm.kernel_name()
-                        );
+                for t in [49, 50, 51, 52] {
+                    let (k, n) = (192, 72);
+                    let c = fixed(NmPattern::TWO_FOUR, t, k, n, true);
+                    for share in [1, 2] {
+                        let m = NmMatrix::from_dense_pruned_shared(&c.w, k, n, c.pattern, share)
+                            .unwrap();
+                        let Some(mm) = build(&m, c.bias.as_deref()) else {
+                            return;
+                        };
+                        let mut all = vec![f32::NAN; t * n];
+                        mm.run(&c.x, t, &mut all);
+                        let mut one = vec![f32::NAN; n];
+                        for r in 0..t {
+                            mm.run(&c.x[r * k..(r + 1) * k], 1, &mut one);
+                            let same = one
+                                .iter()
+                                .zip(&all[r * n..(r + 1) * n])
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{}: share {share}, row {r} differs alone",
+                                mm.kernel_name()
+                            );
+                        }
                     }
                 }
             }
@@ -378,12 +380,15 @@ mod avx2tok_large {
     }
 
     /// Two column groups (776 = 768 + 8), three K-chunks with a short one, row
-    /// blocks of every height, 1..=6 vectors, each with and without a rider row
-    /// (T = 8q + 1: 9, 17, 25, 33, 41, 49; 97 = 6 + 6 vectors + rider), plain and
+    /// blocks of every height, 1..=6 vectors, each with and without 1-4 rider rows
+    /// (T = 8q + 1..4 up to 52; 97, 98 and 100 = 6 + 6 vectors + riders), plain and
     /// pair-shared.
     #[test]
     fn group_and_chunk_boundaries() {
-        for t in [1, 8, 9, 16, 17, 25, 33, 41, 48, 49, 97, 98, 196] {
+        for t in [
+            1, 4, 8, 9, 10, 11, 12, 13, 16, 17, 18, 20, 25, 26, 27, 28, 33, 34, 36, 41, 42, 44, 48,
+            49, 50, 51, 52, 97, 98, 100, 196,
+        ] {
             let c = fixed(NmPattern::TWO_FOUR, t, 300, 776, true);
             run_case(build, &c).unwrap();
             run_shared(build, &c, 2).unwrap();

@@ -32,17 +32,19 @@
 //! * Rows are split into blocks of balanced height (`T = 50` runs as 4 + 3 vectors
 //!   rather than 6 + 1), each block with its own `B` (1..=6). Blocks of 1-3
 //!   vectors are bound by FMA latency (6 chains or fewer for 4 cycles x 2 pipes),
-//!   so a lone extra row (`T = 8q + 1`: 49 after pruning 196 by 4) does not get a
-//!   block: it **rides** in the last block, in lanes 0 and 1 of one xmm
-//!   accumulator (its two columns of the pair), its inputs in a small side panel
-//!   indexed by `offset >> 6`. That adds one FMA per slot to the `2B` of the
-//!   block (16 registers at B = 6). fc2 at T = 49 went from 4 + 3 vectors,
-//!   ~30 % dearer than T = 48, to 6 vectors and a rider, ~10 % dearer.
+//!   so 1-4 rows past whole vectors (`T = 8q + 1..4`: 49, 98 and 196 after
+//!   pruning) do not get a vector: they **ride** in the last block, in one extra
+//!   accumulator for both columns of the pair (xmm for 1 or 2 rows, ymm for 3 or
+//!   4), their inputs in a side panel indexed by `offset >> shift`. That adds one
+//!   FMA per slot to the `2B` of the block (16 registers at B = 6). fc2 at T = 49
+//!   went from 4 + 3 vectors, ~30 % dearer than T = 48, to 6 vectors and a
+//!   rider, ~10 % dearer; T = 196 runs as 4 blocks of 6 vectors and a 4-row rider
+//!   instead of 5 blocks of 5 (qkv ~1.1x faster).
 //!
 //! Any N:M pattern works. Each output sums its shared slots, then its pair slots,
 //! each in ascending `k`, whatever the row blocking, so `run_parallel` gives the
 //! same bits as `run` (but not tract's bits: its order is plain ascending `k`).
-//! Stack use: 173 KiB (panel, scratch and the rider's, uninitialised).
+//! Stack use: 186 KiB (panel, scratch and the riders', uninitialised).
 
 // Kernel loops index several arrays (accumulators, vectors, columns) by the same
 // counter; explicit indices read better here than zipped iterators.
@@ -275,14 +277,29 @@ struct Panel([f32; KC_MAX * ROWS]);
 #[repr(C, align(64))]
 struct Scratch([[f32; ROWS]; GROUP_OCT * OCT]);
 
-/// Floats of the rider's input panel (`rp[kk * 3]`).
-const RIDER_PANEL: usize = KC_MAX * 3;
+/// Most rider rows, and the rider's partial sums kept per column (`rs[col * 4 + r]`).
+const RIDER_MAX: usize = 4;
 
-/// The rider row's input panel, then its partial sums (one per column of a group).
+/// Where the rider's inputs for panel row `kk` start: `rp[kk * stride]`, found from
+/// that row's panel byte offset `kk * 192` with one shift, `offset >> shift`
+/// (stride 3, 6 or 12 floats), so the packed format holds no second offset. The
+/// stride fits the `R` inputs of one row, twice over for `R > 1` (once per column).
+const fn rider_shift(r: usize) -> u32 {
+    match r {
+        1 => 6,
+        2 => 5,
+        _ => 4,
+    }
+}
+
+/// Floats of the rider's input panel: the widest stride, 12 floats per panel row.
+const RIDER_PANEL: usize = KC_MAX * 12;
+
+/// The rider rows' input panel, then their partial sums.
 #[repr(C, align(64))]
-struct Rider([f32; RIDER_PANEL + GROUP_OCT * OCT]);
+struct Rider([f32; RIDER_PANEL + GROUP_OCT * OCT * RIDER_MAX]);
 
-/// The rider's input index `offset >> 6` is `3 kk` only while a panel row is 192 bytes.
+/// `offset >> rider_shift(r)` is `kk * stride` only while a panel row is 192 bytes.
 const _RIDER_INDEX: () = assert!(ROWS * 4 == 3 << 6);
 
 /// In-register 8x8 transpose: row `i` of the result is lane `i` of every input.
@@ -335,20 +352,26 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
         rp: rider.as_mut_ptr().cast::<f32>(),
         rs: rider.as_mut_ptr().cast::<f32>().add(RIDER_PANEL),
     };
-    // With one row past whole vectors (T = 8q + 1, e.g. 49 after pruning), that row
-    // rides in the last block instead of costing a block of its own: a 1-vector
-    // block is FMA-latency bound and cost as much as a 4-vector one (fc2 at T = 49
-    // ran 48 + 1 rows ~30 % slower than 48).
-    let rider = t > 8 && t % 8 == 1;
-    let nvec = if rider { t / 8 } else { t.div_ceil(8) };
+    // 1-4 rows past whole vectors (49, 98 and 196 after pruning by 1, 2 and 4) ride
+    // in the last block instead of costing a vector: a 1-vector block is FMA-latency
+    // bound and cost as much as a 4-vector one (fc2 ran T = 48 + 1 ~30 % slower than
+    // 48), and a padded 25th vector made T = 196 run as 5 blocks of 5 instead of 4
+    // of 6 (qkv: 19 % slower than T = 192). 3 rows ride as 4 with a zero lane.
+    let tail = t % 8;
+    let rider = match tail {
+        1 | 2 if t > 8 => tail,
+        3 | 4 if t > 8 => 4,
+        _ => 0,
+    };
+    let nvec = if rider > 0 { t / 8 } else { t.div_ceil(8) };
     let nblk = nvec.div_ceil(VECS);
     let (mut r0, mut done) = (0, 0);
     for blk in 0..nblk {
         // Spread the vectors evenly, so a small row tail is not a block of its own.
         let v = (nvec - done).div_ceil(nblk - blk);
         let last = blk + 1 == nblk;
-        let rows = if rider && last {
-            8 * v + 1
+        let rows = if rider > 0 && last {
+            8 * v + tail
         } else {
             (v * 8).min(t - r0)
         };
@@ -366,10 +389,11 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
             };
         }
         // SAFETY: rows r0..r0 + rows <= t; the other contracts are `run`'s.
-        if rider && last {
-            by_height!(true)
-        } else {
-            by_height!(false)
+        match if last { rider } else { 0 } {
+            1 => by_height!(1),
+            2 => by_height!(2),
+            4 => by_height!(4),
+            _ => by_height!(0),
         }
         r0 += rows;
         done += v;
@@ -380,10 +404,9 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
 struct Stack {
     panel: *mut f32,
     sc: *mut f32,
-    /// Rider row's inputs: `rp[kk * 3]` for panel row `kk`, found from a panel byte
-    /// offset `kk * 192` as `offset >> 6` (one shift, no second offset to pack).
+    /// Rider rows' inputs, see [`rider_shift`].
     rp: *mut f32,
-    /// Rider row's partial sums, one per column of the group.
+    /// Rider rows' partial sums, `rs[col * 4 + r]` for column `col` of the group.
     rs: *mut f32,
 }
 
@@ -395,28 +418,27 @@ struct Block {
     y: *mut f32,
 }
 
-/// A block of `rows <= 8B` token rows (`8B + 1` with the rider `R`: its last row
-/// runs in the lanes 0 and 1 of an extra xmm accumulator, one per column of the
-/// pair, beside the `2B` ymm ones), all K-chunks, all columns.
-// Not inlined: with 12 instantiations in `run`, LLVM stopped inlining `fill_panel` and
-// `octet_out` into them, and T = 98 ran 0.1-0.3x slower than before the rider.
+/// A block of `rows <= 8B` token rows, all K-chunks, all columns. With `R > 0` the
+/// last `rows - 8B` (1..=R) rows ride along in one extra accumulator for the pair:
+/// lanes `[c0, c1, c0, c1]` of an xmm (`R = 1`), `[r0c0, r1c0, r0c1, r1c1]` of an
+/// xmm (`R = 2`) or rows 0-3 of column 0 then of column 1 in a ymm (`R = 4`).
+// Not inlined: with its (then 12) instantiations inlined into `run`, LLVM stopped
+// inlining `fill_panel` and `octet_out` into them, and T = 98 ran 0.1-0.3x slower.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stack) {
+unsafe fn block<const B: usize, const R: usize>(p: &Packed, blk: &Block, s: &Stack) {
     let (k, n) = (p.k, p.n);
     let (pp, sp, rp, rs) = (s.panel, s.sc, s.rp, s.rs);
+    let shift = rider_shift(R);
+    let rr = blk.rows.saturating_sub(8 * B); // real rider rows, <= R
     for g0 in (0..p.noct).step_by(GROUP_OCT) {
         for c in 0..p.nkc {
             let k0 = c * p.kc;
             let kl = p.kc.min(k - k0);
             if p.nkc > 1 || g0 == 0 {
                 fill_panel::<B>(blk, k, k0, kl, pp);
-                if R {
-                    // SAFETY: the rider is row r0 + 8B < t; rp holds KC_MAX * 3 floats.
-                    let xr = blk.x.add((blk.r0 + 8 * B) * k + k0);
-                    for kk in 0..kl {
-                        *rp.add(3 * kk) = *xr.add(kk);
-                    }
+                if R > 0 {
+                    fill_rider::<R>(blk, 8 * B, k, k0, kl, rp);
                 }
             }
             let pb = pp.cast_const().cast::<u8>();
@@ -431,15 +453,26 @@ unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stac
                     let (shared, pair) = (h & 0xFFF, (h >> 12) & 0xFFF);
                     let sj = [so + ((h >> 24) & 0xF), so + (h >> 28)];
                     let mut acc = [[_mm256_setzero_ps(); B]; COLS];
-                    // Lanes 0 and 1: the rider's two columns (2 and 3 repeat them).
-                    let mut accr = _mm_setzero_ps();
-                    if R {
-                        let (ra, rb) = if c == 0 {
-                            (p.bias[col + sj[0] - so], p.bias[col + sj[1] - so])
+                    let (mut accr, mut accr8) = (_mm_setzero_ps(), _mm256_setzero_ps());
+                    if R > 0 {
+                        let (ra, rb) = (rs.add(RIDER_MAX * sj[0]), rs.add(RIDER_MAX * sj[1]));
+                        if c == 0 {
+                            let (ba, bb) = (p.bias[col + sj[0] - so], p.bias[col + sj[1] - so]);
+                            match R {
+                                1 => accr = _mm_setr_ps(ba, bb, ba, bb),
+                                2 => accr = _mm_setr_ps(ba, ba, bb, bb),
+                                _ => accr8 = _mm256_set_m128(_mm_set1_ps(bb), _mm_set1_ps(ba)),
+                            }
                         } else {
-                            (*rs.add(sj[0]), *rs.add(sj[1]))
-                        };
-                        accr = _mm_setr_ps(ra, rb, ra, rb);
+                            match R {
+                                1 => accr = _mm_setr_ps(*ra, *rb, *ra, *rb),
+                                2 => {
+                                    let lo = _mm_load_sd(ra.cast::<f64>());
+                                    accr = _mm_castpd_ps(_mm_loadh_pd(lo, rb.cast::<f64>()));
+                                }
+                                _ => accr8 = _mm256_loadu2_m128(rb, ra),
+                            }
+                        }
                     }
                     for j in 0..COLS {
                         for b in 0..B {
@@ -452,7 +485,8 @@ unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stac
                     }
                     // SAFETY (both loops): a slot is SLOT u32s; its offsets name panel
                     // rows < kl, so 8B floats from there are in the panel, 32-byte
-                    // aligned (the stride is 192 bytes).
+                    // aligned (the stride is 192 bytes), and the rider's inputs of
+                    // that row are in its panel (`fill_rider`).
                     for _ in 0..shared {
                         // One panel load feeds both columns: (B + 2) loads per 2B FMAs.
                         let w0 = _mm256_broadcast_ss(&*wp.cast::<f32>());
@@ -463,15 +497,24 @@ unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stac
                             acc[0][b] = _mm256_fmadd_ps(w0, xv, acc[0][b]);
                             acc[1][b] = _mm256_fmadd_ps(w1, xv, acc[1][b]);
                         }
-                        if R {
-                            // [w0, w1, w0, w1] from the broadcasts (a blend runs on
-                            // any FP pipe) times the rider's input: 16 ymm registers.
-                            let wv = _mm_blend_ps::<0b1010>(
-                                _mm256_castps256_ps128(w0),
-                                _mm256_castps256_ps128(w1),
-                            );
-                            let xr = _mm_broadcast_ss(&*rp.add((*wp.add(2) >> 6) as usize));
-                            accr = _mm_fmadd_ps(xr, wv, accr);
+                        // The rider's weights are blends of the broadcasts (a blend
+                        // runs on any FP pipe): 16 ymm registers at B = 6.
+                        let xr = rp.add((*wp.add(2) >> shift) as usize);
+                        let (w0x, w1x) = (_mm256_castps256_ps128(w0), _mm256_castps256_ps128(w1));
+                        match R {
+                            0 => {}
+                            1 => {
+                                let wv = _mm_blend_ps::<0b1010>(w0x, w1x);
+                                accr = _mm_fmadd_ps(_mm_broadcast_ss(&*xr), wv, accr);
+                            }
+                            2 => {
+                                let wv = _mm_blend_ps::<0b1100>(w0x, w1x);
+                                accr = _mm_fmadd_ps(_mm_loadu_ps(xr), wv, accr);
+                            }
+                            _ => {
+                                let wv = _mm256_blend_ps::<0xF0>(w0, w1);
+                                accr8 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), wv, accr8);
+                            }
                         }
                         wp = wp.add(SLOT);
                     }
@@ -485,13 +528,32 @@ unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stac
                                 acc[j][b] = _mm256_fmadd_ps(w, xv, acc[j][b]);
                             }
                         }
-                        if R {
-                            // Each column its own input row: [x(k0), x(k1)] twice.
-                            let off = *wp.add(2);
-                            let xa = *rp.add(((off & 0xFFFF) >> 6) as usize);
-                            let xb = *rp.add((off >> 22) as usize);
-                            let wv = _mm_castpd_ps(_mm_load1_pd(wp.cast::<f64>()));
-                            accr = _mm_fmadd_ps(_mm_setr_ps(xa, xb, xa, xb), wv, accr);
+                        // Each column its own input row.
+                        let off = *wp.add(2);
+                        let xa = rp.add(((off & 0xFFFF) >> shift) as usize);
+                        let xb = rp.add((off >> (16 + shift)) as usize);
+                        match R {
+                            0 => {}
+                            1 => {
+                                // [wa, wb] twice times [x(ka), x(kb)] twice.
+                                let wv = _mm_castpd_ps(_mm_load1_pd(wp.cast::<f64>()));
+                                let xv = _mm_setr_ps(*xa, *xb, *xa, *xb);
+                                accr = _mm_fmadd_ps(xv, wv, accr);
+                            }
+                            2 => {
+                                let w2 = _mm_castpd_ps(_mm_load_sd(wp.cast::<f64>()));
+                                let lo = _mm_load_sd(xa.cast::<f64>());
+                                let xv = _mm_castpd_ps(_mm_loadh_pd(lo, xb.cast::<f64>()));
+                                accr = _mm_fmadd_ps(xv, _mm_unpacklo_ps(w2, w2), accr);
+                            }
+                            _ => {
+                                let wv = _mm256_blend_ps::<0xF0>(
+                                    _mm256_broadcast_ss(&*wp.cast::<f32>()),
+                                    _mm256_broadcast_ss(&*wp.add(1).cast::<f32>()),
+                                );
+                                let xv = _mm256_loadu2_m128(xb, xa);
+                                accr8 = _mm256_fmadd_ps(xv, wv, accr8);
+                            }
                         }
                         wp = wp.add(SLOT);
                     }
@@ -500,21 +562,61 @@ unsafe fn block<const B: usize, const R: bool>(p: &Packed, blk: &Block, s: &Stac
                             _mm256_store_ps(sp.add(sj[j] * ROWS + 8 * b), acc[j][b]);
                         }
                     }
-                    if R {
-                        _mm_store_ss(rs.add(sj[0]), accr);
-                        _mm_store_ss(rs.add(sj[1]), _mm_movehdup_ps(accr));
+                    let (ra, rb) = (rs.add(RIDER_MAX * sj[0]), rs.add(RIDER_MAX * sj[1]));
+                    match R {
+                        0 => {}
+                        1 => {
+                            _mm_store_ss(ra, accr);
+                            _mm_store_ss(rb, _mm_movehdup_ps(accr));
+                        }
+                        2 => {
+                            _mm_storel_pd(ra.cast::<f64>(), _mm_castps_pd(accr));
+                            _mm_storeh_pd(rb.cast::<f64>(), _mm_castps_pd(accr));
+                        }
+                        _ => _mm256_storeu2_m128(rb, ra, accr8),
                     }
                 }
                 if c + 1 == p.nkc {
                     octet_out::<B>(blk, n, col, cols, sp.add(so * ROWS));
-                    if R {
-                        // SAFETY: the rider is row r0 + 8B < t, columns col + j < n.
-                        let yr = blk.y.add((blk.r0 + 8 * B) * n + col);
+                    for i in 0..rr {
+                        // SAFETY: rider rows r0 + 8B + i < r0 + rows <= t, columns < n.
+                        let yr = blk.y.add((blk.r0 + 8 * B + i) * n + col);
                         for j in 0..cols {
-                            *yr.add(j) = *rs.add(so + j);
+                            *yr.add(j) = *rs.add(RIDER_MAX * (so + j) + i);
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Copies the rider rows' inputs `k0..k0 + kl` (rows `r0 + v0..r0 + rows`) into
+/// `rp` at the stride of [`rider_shift`]: one row's value for `R = 1` (broadcast
+/// when used), the `R` rows twice otherwise. A 3-row rider's fourth lane is never
+/// written out, but gets zeros rather than stale stack bytes, which could be
+/// denormals (slow FMAs) or NaNs.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_rider<const R: usize>(
+    blk: &Block,
+    v0: usize,
+    k: usize,
+    k0: usize,
+    kl: usize,
+    rp: *mut f32,
+) {
+    let stride = (ROWS * 4) >> rider_shift(R);
+    for i in 0..R {
+        let row = v0 + i;
+        // SAFETY: rows r0 + row < r0 + rows <= t, inputs k0 + kk < k; rp holds
+        // KC_MAX * 12 floats and kk * stride + 2R <= kk * 12 + 8.
+        let xr = (row < blk.rows).then(|| blk.x.add((blk.r0 + row) * k + k0));
+        for kk in 0..kl {
+            let v = xr.map_or(0.0, |xr| *xr.add(kk));
+            *rp.add(kk * stride + i) = v;
+            if R > 1 {
+                *rp.add(kk * stride + R + i) = v;
             }
         }
     }
