@@ -69,4 +69,11 @@ pub enum SparseError {
         kernel: &'static str,
         reason: String,
     },
+
+    /// A SIMD kernel disagreed with the scalar kernel on its start-up probe.
+    #[error("sparse kernel `{kernel}` failed its self-test against the scalar kernel: {detail}")]
+    SelfTest {
+        kernel: &'static str,
+        detail: String,
+    },
 }

@@ -37,4 +37,6 @@ mod kernels;
 
 pub use error::SparseError;
 pub use format::{NmMatrix, NmPattern};
-pub use kernels::{best, generic, kernel_name, selected, KernelKind, PackedSpmm, KERNEL_ENV};
+pub use kernels::{
+    best, generic, kernel_name, selected, skipped_kernels, KernelKind, PackedSpmm, KERNEL_ENV,
+};

@@ -115,6 +115,11 @@ pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<Stri
         SparseKernel::Dense => KernelKind::Generic,
         _ => maskd_sparse::selected()?,
     };
+    if mode != SparseKernel::Dense {
+        for e in maskd_sparse::skipped_kernels() {
+            log::warn!("{e}; running on a slower kernel");
+        }
+    }
     let simd = |p: NmPattern| family != KernelKind::Generic && family.supports(p);
     let keep_sparse = |p: NmPattern| match mode {
         SparseKernel::Dense => false,

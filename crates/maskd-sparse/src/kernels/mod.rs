@@ -6,7 +6,10 @@
 //! AVX2 column-SIMD kernel stays selectable as `avx2`. [`selected`] is what [`PackedSpmm::new`]
 //! uses: `best()`, unless the `MASKD_SPARSE_KERNEL` environment variable forces a
 //! kernel (read once per process). Forcing a kernel the CPU cannot run is an error,
-//! not a silent fallback, so an A/B run never measures the wrong thing.
+//! not a silent fallback, so an A/B run never measures the wrong thing. Either way a
+//! SIMD kernel must first agree with the scalar kernel on a small probe (`selftest`):
+//! auto selection skips one that does not ([`skipped_kernels`] says why), a forced
+//! one is refused.
 //!
 //! A SIMD kernel that does not cover a pattern (the column-SIMD x86 kernels need
 //! `M` to divide their lane count) leaves that matrix to the generic kernel;
@@ -17,6 +20,7 @@ use std::sync::OnceLock;
 use crate::{NmMatrix, NmPattern, SparseError};
 
 pub(crate) mod generic;
+mod selftest;
 
 #[cfg(any(target_arch = "x86_64", test))]
 pub(crate) mod colsimd;
@@ -130,39 +134,77 @@ pub fn generic() -> KernelKind {
     KernelKind::Generic
 }
 
-/// The fastest kernel this CPU can run (probed on each call; cheap). On AVX2
-/// `avx2tok` comes before `avx2`: side by side on Zen 3 it is faster over the
-/// default model's 12 GEMMs (median 1.42-1.50x vs 1.28-1.37x of tract), though
-/// `avx2` is ahead by ~10 % at T = 49.
+/// The fastest kernel this CPU can run and that passes its self-test (probed on
+/// each call; ~7 ms in a release build on Zen 3). On AVX2 `avx2tok` comes before `avx2`: side
+/// by side on Zen 3 it is faster over the default model's 12 GEMMs (median 1.42-1.50x
+/// vs 1.28-1.37x of tract), though `avx2` is ahead by ~10 % at T = 49.
 pub fn best() -> KernelKind {
-    [
+    pick().0
+}
+
+/// [`best`], with the errors of the faster kernels it passed over.
+fn pick() -> (KernelKind, Vec<SparseError>) {
+    let mut skipped = Vec::new();
+    for kind in [
         KernelKind::Avx512,
         KernelKind::Avx2Tok,
         KernelKind::Avx2,
         KernelKind::Neon,
-    ]
-    .into_iter()
-    .find(|k| k.check_available().is_ok())
-    .unwrap_or(KernelKind::Generic)
+    ] {
+        if kind.check_available().is_err() {
+            continue;
+        }
+        match selftest::check(kind) {
+            Ok(()) => return (kind, skipped),
+            Err(e) => skipped.push(e),
+        }
+    }
+    (KernelKind::Generic, skipped)
+}
+
+/// What [`selected`] decided, once per process.
+struct Selection {
+    kind: KernelKind,
+    /// Kernels this CPU has that auto selection skipped, with why.
+    skipped: Vec<SparseError>,
+}
+
+fn selection() -> &'static Result<Selection, SparseError> {
+    static SELECTED: OnceLock<Result<Selection, SparseError>> = OnceLock::new();
+    SELECTED.get_or_init(|| select_from(std::env::var(KERNEL_ENV).ok().as_deref()))
 }
 
 /// The kernel [`PackedSpmm::new`] uses: `MASKD_SPARSE_KERNEL` if set, else [`best`].
-/// Decided once per process; an unknown or unavailable forced kernel is an error
-/// (every call returns it), so the daemon can refuse to start.
+/// Decided once per process; an unknown, unavailable or failing forced kernel is an
+/// error (every call returns it), so the daemon can refuse to start.
 pub fn selected() -> Result<KernelKind, SparseError> {
-    static SELECTED: OnceLock<Result<KernelKind, SparseError>> = OnceLock::new();
-    SELECTED
-        .get_or_init(|| select_from(std::env::var(KERNEL_ENV).ok().as_deref()))
-        .clone()
+    selection().as_ref().map(|s| s.kind).map_err(Clone::clone)
 }
 
-fn select_from(knob: Option<&str>) -> Result<KernelKind, SparseError> {
+/// The faster kernels this CPU has that [`selected`] passed over because their
+/// self-test failed (empty when none did, or when a kernel was forced), for the
+/// caller to log: running on a slower kernel should not go unnoticed.
+pub fn skipped_kernels() -> Vec<SparseError> {
+    selection()
+        .as_ref()
+        .map(|s| s.skipped.clone())
+        .unwrap_or_default()
+}
+
+fn select_from(knob: Option<&str>) -> Result<Selection, SparseError> {
     match knob.map(str::trim) {
-        None | Some("") => Ok(best()),
+        None | Some("") => {
+            let (kind, skipped) = pick();
+            Ok(Selection { kind, skipped })
+        }
         Some(name) => {
             let kind = KernelKind::from_name(name)?;
             kind.check_available()?;
-            Ok(kind)
+            selftest::check(kind)?;
+            Ok(Selection {
+                kind,
+                skipped: Vec::new(),
+            })
         }
     }
 }

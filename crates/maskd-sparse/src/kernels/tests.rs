@@ -411,19 +411,67 @@ kernel_suite!(selected_kernel, ANY_M, |m, b| Some(
     PackedSpmm::new(m, b).unwrap()
 ));
 
+/// What the knob selects, without the skipped list.
+fn knob(value: Option<&str>) -> Result<KernelKind, SparseError> {
+    select_from(value).map(|s| s.kind)
+}
+
+#[test]
+fn self_test_passes_every_kernel_this_cpu_runs() {
+    for kind in KernelKind::ALL {
+        if kind.check_available().is_ok() {
+            selftest::check(kind).unwrap();
+        }
+    }
+    assert_eq!(pick().1, Vec::new());
+    assert!(skipped_kernels().is_empty());
+}
+
+/// A kernel one bias off by 0.01 (the generic kernel with a shifted bias) is caught,
+/// and the error names the kernel, the pattern, the shape and the element.
+#[test]
+fn self_test_catches_a_wrong_kernel() {
+    let off_bias = |m: &NmMatrix, b: Option<&[f32]>| {
+        let shifted: Vec<f32> = match b {
+            Some(b) => b.iter().map(|v| v + 0.01).collect(),
+            None => vec![0.01; m.n()],
+        };
+        PackedSpmm::with_kernel(m, Some(&shifted), KernelKind::Generic)
+    };
+    let e = selftest::check_with(KernelKind::Avx512, &off_bias).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SparseError::SelfTest {
+                kernel: "avx512",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("2:4, T=1 K=5 N=3: row 0 column 0 gave"),
+        "{e}"
+    );
+    // Exact agreement passes: the generic kernel against itself.
+    let same = |m: &NmMatrix, b: Option<&[f32]>| PackedSpmm::with_kernel(m, b, KernelKind::Generic);
+    selftest::check_with(KernelKind::Avx2Tok, &same).unwrap();
+}
+
 #[test]
 fn knob_parsing() {
-    assert_eq!(select_from(None), Ok(best()));
-    assert_eq!(select_from(Some(" ")), Ok(best()));
-    assert_eq!(select_from(Some("generic")), Ok(KernelKind::Generic));
-    assert_eq!(select_from(Some("GENERIC")), Ok(KernelKind::Generic));
-    let e = select_from(Some("sse9")).unwrap_err();
+    assert_eq!(knob(None), Ok(best()));
+    assert_eq!(knob(Some(" ")), Ok(best()));
+    assert_eq!(knob(Some("generic")), Ok(KernelKind::Generic));
+    assert_eq!(knob(Some("GENERIC")), Ok(KernelKind::Generic));
+    let e = knob(Some("sse9")).unwrap_err();
     assert_eq!(
         e.to_string(),
         "unknown sparse kernel `sse9` (expected one of generic, avx2, avx2tok, avx512, neon)"
     );
     for kind in KernelKind::ALL {
-        let got = select_from(Some(kind.name()));
+        let got = knob(Some(kind.name()));
         match kind.check_available() {
             Ok(()) => assert_eq!(got, Ok(kind)),
             Err(e) => assert_eq!(got, Err(e)),
@@ -431,11 +479,11 @@ fn knob_parsing() {
     }
     #[cfg(target_arch = "x86_64")]
     assert!(matches!(
-        select_from(Some("neon")),
+        knob(Some("neon")),
         Err(SparseError::KernelUnavailable { kernel: "neon", .. })
     ));
     #[cfg(target_arch = "aarch64")]
-    assert_eq!(select_from(Some("neon")), Ok(KernelKind::Neon));
+    assert_eq!(knob(Some("neon")), Ok(KernelKind::Neon));
 }
 
 #[test]
