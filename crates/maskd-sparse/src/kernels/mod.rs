@@ -28,6 +28,8 @@ pub(crate) mod colsimd;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_tok;
+#[cfg(target_arch = "x86_64")]
+mod x86_tok_pack;
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
