@@ -116,6 +116,7 @@ fn main() {
         KernelKind::Avx2,
         KernelKind::Avx2Tok,
         KernelKind::Neon,
+        KernelKind::NeonTok,
     ]
     .into_iter()
     .filter(|k| k.check_available().is_ok())

@@ -59,7 +59,7 @@ pub enum SparseError {
     BiasLength { len: usize, n: usize },
 
     /// `MASKD_SPARSE_KERNEL` (or an explicit request) names an unknown kernel.
-    #[error("unknown sparse kernel `{requested}` (expected one of generic, avx2, avx2tok, avx512, neon)")]
+    #[error("unknown sparse kernel `{requested}` (expected one of generic, avx2, avx2tok, avx512, neon, neontok)")]
     UnknownKernel { requested: String },
 
     /// The requested kernel cannot run here (CPU feature missing, other architecture)

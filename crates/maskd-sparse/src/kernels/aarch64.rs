@@ -139,7 +139,7 @@ macro_rules! lane {
 
 /// `acc[j][h]` (column j, tokens 4h..4h+4) -> `out[token][col]` rows of 4.
 #[inline(always)]
-unsafe fn transpose4(a: [float32x4_t; 4]) -> [float32x4_t; 4] {
+pub(super) unsafe fn transpose4(a: [float32x4_t; 4]) -> [float32x4_t; 4] {
     let t0 = vreinterpretq_f64_f32(vtrn1q_f32(a[0], a[1]));
     let t1 = vreinterpretq_f64_f32(vtrn2q_f32(a[0], a[1]));
     let t2 = vreinterpretq_f64_f32(vtrn1q_f32(a[2], a[3]));

@@ -3,7 +3,8 @@
 //! Dispatch follows tract's `generic()` / `best()`: [`generic`] is the safe scalar
 //! kernel every build has; [`best`] overlays what the CPU offers (AVX-512F, else
 //! the AVX2+FMA token-SIMD kernel `avx2tok` on x86-64; NEON on aarch64). The older
-//! AVX2 column-SIMD kernel stays selectable as `avx2`. [`selected`] is what [`PackedSpmm::new`]
+//! AVX2 column-SIMD kernel stays selectable as `avx2`, and the NEON port of the token
+//! kernel, whose speed is unmeasured, as `neontok`. [`selected`] is what [`PackedSpmm::new`]
 //! uses: `best()`, unless the `MASKD_SPARSE_KERNEL` environment variable forces a
 //! kernel (read once per process). Forcing a kernel the CPU cannot run is an error,
 //! not a silent fallback, so an A/B run never measures the wrong thing. Either way a
@@ -24,18 +25,20 @@ mod selftest;
 
 #[cfg(any(target_arch = "x86_64", test))]
 pub(crate) mod colsimd;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod tok_pack;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_tok;
-#[cfg(target_arch = "x86_64")]
-mod x86_tok_pack;
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_tok;
 
-/// Environment variable that forces a kernel: `generic`, `avx2`, `avx2tok`, `avx512`
-/// or `neon`.
+/// Environment variable that forces a kernel: `generic`, `avx2`, `avx2tok`, `avx512`,
+/// `neon` or `neontok`.
 /// Unset or empty means [`best`].
 pub const KERNEL_ENV: &str = "MASKD_SPARSE_KERNEL";
 
@@ -53,18 +56,22 @@ pub enum KernelKind {
     Avx512,
     /// aarch64 NEON, token-SIMD kernel with by-element FMA; every pattern.
     Neon,
+    /// aarch64 NEON, the AVX2 token kernel's design (48-row blocks, shared slots);
+    /// every pattern. Speed unmeasured (no ARM machine), so opt-in.
+    NeonTok,
 }
 
 impl KernelKind {
-    pub const ALL: [KernelKind; 5] = [
+    pub const ALL: [KernelKind; 6] = [
         KernelKind::Generic,
         KernelKind::Avx2,
         KernelKind::Avx2Tok,
         KernelKind::Avx512,
         KernelKind::Neon,
+        KernelKind::NeonTok,
     ];
 
-    /// The knob spelling: `generic`, `avx2`, `avx2tok`, `avx512`, `neon`.
+    /// The knob spelling: `generic`, `avx2`, `avx2tok`, `avx512`, `neon`, `neontok`.
     pub fn name(self) -> &'static str {
         match self {
             KernelKind::Generic => "generic",
@@ -72,6 +79,7 @@ impl KernelKind {
             KernelKind::Avx2Tok => "avx2tok",
             KernelKind::Avx512 => "avx512",
             KernelKind::Neon => "neon",
+            KernelKind::NeonTok => "neontok",
         }
     }
 
@@ -112,7 +120,7 @@ impl KernelKind {
                 }
             }
             #[cfg(target_arch = "aarch64")]
-            KernelKind::Neon => Ok(()), // NEON is baseline on aarch64
+            KernelKind::Neon | KernelKind::NeonTok => Ok(()), // NEON is baseline on aarch64
             #[allow(unreachable_patterns)]
             _ => missing(&format!(
                 "not built for this architecture ({})",
@@ -124,7 +132,9 @@ impl KernelKind {
     /// Whether this kernel covers `pattern` (availability aside).
     pub fn supports(self, pattern: NmPattern) -> bool {
         match self {
-            KernelKind::Generic | KernelKind::Avx2Tok | KernelKind::Neon => true,
+            KernelKind::Generic | KernelKind::Avx2Tok | KernelKind::Neon | KernelKind::NeonTok => {
+                true
+            }
             KernelKind::Avx2 => 8 % pattern.m() == 0,
             KernelKind::Avx512 => 16 % pattern.m() == 0,
         }
@@ -231,6 +241,8 @@ enum Imp {
     Avx512(colsimd::Packed),
     #[cfg(target_arch = "aarch64")]
     Neon(aarch64::Packed),
+    #[cfg(target_arch = "aarch64")]
+    NeonTok(tok_pack::Packed),
     #[cfg(test)]
     Emu(Emu, colsimd::Packed),
 }
@@ -341,6 +353,11 @@ impl PackedSpmm {
                 Imp::Neon(aarch64::Packed::new(m, bias)),
                 Some((aarch64::ROWS, aarch64::COLS)),
             ),
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::NeonTok => (
+                Imp::NeonTok(tok_pack::Packed::new(m, bias)),
+                Some((aarch64_tok::ROWS, aarch64_tok::COLS)),
+            ),
             #[allow(unreachable_patterns)]
             _ => unreachable!("check_available refused {kind:?}"),
         };
@@ -436,6 +453,9 @@ impl PackedSpmm {
             // SAFETY: as above; NEON is baseline on aarch64.
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(p) => unsafe { aarch64::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            Imp::NeonTok(p) => unsafe { aarch64_tok::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
             // SAFETY: plain Rust arrays; lengths checked above.
             #[cfg(test)]
             Imp::Emu(emu, p) => unsafe {
@@ -527,6 +547,8 @@ impl PackedSpmm {
             Imp::Avx2Tok(p) => p.bytes(),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(p) => p.bytes(),
+            #[cfg(target_arch = "aarch64")]
+            Imp::NeonTok(p) => p.bytes(),
             #[cfg(test)]
             Imp::Emu(_, p) => p.bytes(),
         }
@@ -539,6 +561,8 @@ impl PackedSpmm {
         match &self.imp {
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2Tok(p) => Some(p.shared_fraction()),
+            #[cfg(target_arch = "aarch64")]
+            Imp::NeonTok(p) => Some(p.shared_fraction()),
             _ => None,
         }
     }

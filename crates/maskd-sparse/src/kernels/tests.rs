@@ -313,93 +313,100 @@ kernel_suite!(avx2tok_kernel, ANY_M, |m, b| build_for(
     m,
     b
 ));
-/// The token-SIMD AVX2 kernel cuts K into chunks of 128 inputs and N into groups
-/// of 768 columns whose partial sums stay on the stack; the shared suite's shapes
-/// fit one chunk and one group, so these go past both.
-mod avx2tok_large {
-    use super::*;
+/// The token-SIMD kernels (AVX2 and NEON, one packed format) cut K into chunks of
+/// 128 inputs and N into groups of 768 columns whose partial sums stay on the stack;
+/// the shared suite's shapes fit one chunk and one group, so these go past both.
+macro_rules! tok_suite {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            use super::*;
 
-    fn large_case() -> impl Strategy<Value = Case> {
-        case_in(
-            ANY_M,
-            (1..110usize).boxed(),
-            (120..420usize).boxed(),
-            (1..300usize).boxed(),
-        )
-    }
+            fn large_case() -> impl Strategy<Value = Case> {
+                case_in(
+                    ANY_M,
+                    (1..110usize).boxed(),
+                    (120..420usize).boxed(),
+                    (1..300usize).boxed(),
+                )
+            }
 
-    fn build(m: &NmMatrix, bias: Option<&[f32]>) -> Option<PackedSpmm> {
-        build_for(KernelKind::Avx2Tok, m, bias)
-    }
+            fn build(m: &NmMatrix, bias: Option<&[f32]>) -> Option<PackedSpmm> {
+                build_for($kind, m, bias)
+            }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-        #[test]
-        fn several_chunks(c in large_case()) {
-            run_case(build, &c)?;
-        }
-    }
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+                #[test]
+                fn several_chunks(c in large_case()) {
+                    run_case(build, &c)?;
+                }
+            }
 
-    /// Pairs of columns with one pattern need no pair slots at all, even when the
-    /// pairs are not adjacent (columns are matched within each octet); plain
-    /// magnitude 2:4 shares about half its slots (one row per group in common on
-    /// average).
-    #[test]
-    fn shared_slots_follow_the_patterns() {
-        let c = fixed(NmPattern::TWO_FOUR, 1, 192, 64, false);
-        // Independent magnitudes (`fixed`'s are correlated across columns) and no
-        // exact zeros: a zero weight is dropped from its column, which can turn a
-        // shared row into a pair slot (no dearer: two loads feed two FMAs).
-        let mut s = 0x9E37_79B9_7F4A_7C15u64;
-        let w: Vec<f32> = (0..c.k * c.n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                1.0 + (s >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
-        let paired = NmMatrix::from_dense_pruned_shared(&w, c.k, c.n, c.pattern, 2).unwrap();
-        let Some(mm) = build(&paired, None) else {
-            return;
-        };
-        assert_eq!(mm.shared_fraction(), Some(1.0));
-        // Swap columns 1 and 2 of every octet: pairs (0, 2) and (1, 3) now share.
-        let mut d = paired.to_dense();
-        for r in 0..c.k {
-            for o in (0..c.n).step_by(8) {
-                d.swap(r * c.n + o + 1, r * c.n + o + 2);
+            /// Pairs of columns with one pattern need no pair slots at all, even when the
+            /// pairs are not adjacent (columns are matched within each octet); plain
+            /// magnitude 2:4 shares about half its slots (one row per group in common on
+            /// average).
+            #[test]
+            fn shared_slots_follow_the_patterns() {
+                let c = fixed(NmPattern::TWO_FOUR, 1, 192, 64, false);
+                // Independent magnitudes (`fixed`'s are correlated across columns) and no
+                // exact zeros: a zero weight is dropped from its column, which can turn a
+                // shared row into a pair slot (no dearer: two loads feed two FMAs).
+                let mut s = 0x9E37_79B9_7F4A_7C15u64;
+                let w: Vec<f32> = (0..c.k * c.n)
+                    .map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        1.0 + (s >> 40) as f32 / (1u64 << 24) as f32
+                    })
+                    .collect();
+                let paired =
+                    NmMatrix::from_dense_pruned_shared(&w, c.k, c.n, c.pattern, 2).unwrap();
+                let Some(mm) = build(&paired, None) else {
+                    return;
+                };
+                assert_eq!(mm.shared_fraction(), Some(1.0));
+                // Swap columns 1 and 2 of every octet: pairs (0, 2) and (1, 3) now share.
+                let mut d = paired.to_dense();
+                for r in 0..c.k {
+                    for o in (0..c.n).step_by(8) {
+                        d.swap(r * c.n + o + 1, r * c.n + o + 2);
+                    }
+                }
+                let swapped = NmMatrix::from_dense_checked(&d, c.k, c.n, c.pattern).unwrap();
+                let mm = build(&swapped, None).unwrap();
+                assert_eq!(mm.shared_fraction(), Some(1.0));
+                let plain = NmMatrix::from_dense_pruned(&w, c.k, c.n, c.pattern).unwrap();
+                let f = build(&plain, None).unwrap().shared_fraction().unwrap();
+                assert!((0.4..0.9).contains(&f), "{f}");
+            }
+
+            /// Two column groups (776 = 768 + 8), three K-chunks with a short one, row
+            /// blocks of every height (AVX2: 1..=6 vectors of 8, each with and without 1-4
+            /// rider rows, T = 8q + 1..4 up to 52; 97, 98 and 100 = 6 + 6 vectors + riders;
+            /// NEON: 1..=12 vectors of 4 with row tails), plain and pair-shared.
+            #[test]
+            fn group_and_chunk_boundaries() {
+                for t in [
+                    1, 4, 8, 9, 10, 11, 12, 13, 16, 17, 18, 20, 25, 26, 27, 28, 33, 34, 36, 41, 42,
+                    44, 48, 49, 50, 51, 52, 97, 98, 100, 196,
+                ] {
+                    let c = fixed(NmPattern::TWO_FOUR, t, 300, 776, true);
+                    run_case(build, &c).unwrap();
+                    run_shared(build, &c, 2).unwrap();
+                }
+                run_case(
+                    build,
+                    &fixed(NmPattern::new(3, 7).unwrap(), 41, 257, 775, false),
+                )
+                .unwrap();
             }
         }
-        let swapped = NmMatrix::from_dense_checked(&d, c.k, c.n, c.pattern).unwrap();
-        let mm = build(&swapped, None).unwrap();
-        assert_eq!(mm.shared_fraction(), Some(1.0));
-        let plain = NmMatrix::from_dense_pruned(&w, c.k, c.n, c.pattern).unwrap();
-        let f = build(&plain, None).unwrap().shared_fraction().unwrap();
-        assert!((0.4..0.9).contains(&f), "{f}");
-    }
-
-    /// Two column groups (776 = 768 + 8), three K-chunks with a short one, row
-    /// blocks of every height, 1..=6 vectors, each with and without 1-4 rider rows
-    /// (T = 8q + 1..4 up to 52; 97, 98 and 100 = 6 + 6 vectors + riders), plain and
-    /// pair-shared.
-    #[test]
-    fn group_and_chunk_boundaries() {
-        for t in [
-            1, 4, 8, 9, 10, 11, 12, 13, 16, 17, 18, 20, 25, 26, 27, 28, 33, 34, 36, 41, 42, 44, 48,
-            49, 50, 51, 52, 97, 98, 100, 196,
-        ] {
-            let c = fixed(NmPattern::TWO_FOUR, t, 300, 776, true);
-            run_case(build, &c).unwrap();
-            run_shared(build, &c, 2).unwrap();
-        }
-        run_case(
-            build,
-            &fixed(NmPattern::new(3, 7).unwrap(), 41, 257, 775, false),
-        )
-        .unwrap();
-    }
+    };
 }
+tok_suite!(avx2tok_large, KernelKind::Avx2Tok);
+tok_suite!(neontok_large, KernelKind::NeonTok);
 
 kernel_suite!(avx512_kernel, M_DIVIDES_16, |m, b| build_for(
     KernelKind::Avx512,
@@ -407,6 +414,11 @@ kernel_suite!(avx512_kernel, M_DIVIDES_16, |m, b| build_for(
     b
 ));
 kernel_suite!(neon_kernel, ANY_M, |m, b| build_for(KernelKind::Neon, m, b));
+kernel_suite!(neontok_kernel, ANY_M, |m, b| build_for(
+    KernelKind::NeonTok,
+    m,
+    b
+));
 kernel_suite!(selected_kernel, ANY_M, |m, b| Some(
     PackedSpmm::new(m, b).unwrap()
 ));
@@ -468,7 +480,7 @@ fn knob_parsing() {
     let e = knob(Some("sse9")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "unknown sparse kernel `sse9` (expected one of generic, avx2, avx2tok, avx512, neon)"
+        "unknown sparse kernel `sse9` (expected one of generic, avx2, avx2tok, avx512, neon, neontok)"
     );
     for kind in KernelKind::ALL {
         let got = knob(Some(kind.name()));

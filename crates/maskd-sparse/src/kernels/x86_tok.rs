@@ -48,8 +48,8 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-pub(crate) use super::x86_tok_pack::{Packed, COLS, ROWS};
-use super::x86_tok_pack::{KC_MAX, OCT, SLOT};
+pub(crate) use super::tok_pack::{Packed, COLS, ROWS};
+use super::tok_pack::{KC_MAX, OCT, SLOT};
 
 /// Vectors of 8 tokens per block at most.
 const VECS: usize = ROWS / 8;

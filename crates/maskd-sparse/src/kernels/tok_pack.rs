@@ -1,5 +1,5 @@
-//! Weight packing for the AVX2 token kernel: per K-chunk, per *octet* of 8 output
-//! columns, per pair of columns.
+//! Weight packing for the token-SIMD kernels (`x86_tok.rs` with AVX2, `aarch64_tok.rs`
+//! with NEON): per K-chunk, per *octet* of 8 output columns, per pair of columns.
 //!
 //! Rows both columns keep become **shared slots** `[value0, value1, offset]`: one
 //! panel load feeds both columns' FMAs. The other rows are paired up in ascending
