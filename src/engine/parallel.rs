@@ -44,6 +44,25 @@ pub fn par_rows<T: Send>(
     }
 }
 
+/// Threads of the executor the plan installed (1 when there is none).
+pub fn threads() -> usize {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
+        Executor::RayonGlobal => rayon::current_num_threads().max(1),
+        _ => 1,
+    }
+}
+
+/// Runs `each(0..parts)` on the executor the plan installed (inline without one).
+pub fn par_parts(parts: usize, each: &(dyn Fn(usize) + Sync)) {
+    let run = || (0..parts).into_par_iter().for_each(each);
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => pool.install(run),
+        Executor::RayonGlobal => run(),
+        _ => (0..parts).for_each(each),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

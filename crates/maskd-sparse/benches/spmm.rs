@@ -19,8 +19,10 @@
 //!
 //! With `--threads N` (N > 1) both sides run on one rayon pool of N threads, the
 //! daemon's arrangement: tract's plan with that pool as its executor, each kernel
-//! with its rows split into N chunks of whole 8-row vectors (as maskd's `NmMatMul`
-//! does); the `Nt/1t` column is the kernel's own scaling.
+//! split as maskd's `NmMatMul` splits it: the token kernels into N parts by columns
+//! (`run_column_parts`, when each part gets at least 4 octets), the others by rows
+//! into N chunks of whole 8-row vectors; the `Nt/1t` column is the kernel's own
+//! scaling.
 //!
 //! The machine is shared and noisy, so timings are interleaved: each repetition
 //! times one call of every variant back to back (order alternating), and the
@@ -384,8 +386,9 @@ impl Pool {
 
     fn describe(&self) -> &'static str {
         "note: tract and every kernel run on the same rayon pool (tract as the plan's \
-         executor, kernels with their rows split into one chunk of whole 8-row vectors per \
-         thread); `Nt/1t` is the kernel's own scaling"
+         executor; the token kernels split by columns, one part per thread, the others by \
+         rows, one chunk of whole 8-row vectors per thread, as maskd's NmMatMul); `Nt/1t` \
+         is the kernel's own scaling"
     }
 
     fn executor(&self) -> Option<tract_linalg::multithread::Executor> {
@@ -399,8 +402,19 @@ impl Pool {
             mm.run(x, t, y);
             return;
         };
+        let threads = pool.current_num_threads();
+        if mm.column_unit().is_some_and(|u| n / u >= 4 * threads) {
+            mm.run_column_parts(x, t, y, threads, |parts, each| {
+                pool.scope(|s| {
+                    for i in 0..parts {
+                        s.spawn(move |_| each(i));
+                    }
+                })
+            });
+            return;
+        }
         let k = x.len() / t.max(1);
-        let rows = t.div_ceil(pool.current_num_threads()).next_multiple_of(8);
+        let rows = t.div_ceil(threads).next_multiple_of(8);
         pool.scope(|s| {
             for (xc, yc) in x.chunks(rows * k).zip(y.chunks_mut(rows * n)) {
                 s.spawn(move |_| mm.run(xc, yc.len() / n, yc));

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::engine::gelu;
-use crate::engine::parallel::par_rows;
+use crate::engine::parallel::{par_parts, par_rows, threads, MIN_WORK};
 use maskd_sparse::{KernelKind, NmMatrix, PackedSpmm, SparseError};
 use tract_core::internal::*;
 
@@ -158,6 +158,11 @@ impl Op for NmMatMul {
     op_as_typed_op!();
 }
 
+/// A column split needs this many column units (octets) per thread to pay for
+/// transposing the input once per part; the model's narrowest layers (N = 192, 24
+/// octets) qualify on up to 6 threads.
+const COLUMN_UNITS_PER_THREAD: usize = 4;
+
 impl EvalOp for NmMatMul {
     op_out_of_plan!();
 
@@ -204,24 +209,46 @@ impl EvalOp for NmMatMul {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
             let spmm = &self.layer.spmm;
-            // Rows are split over the pool the plan installed for this run (the engine's
-            // `threads`), one chunk per thread in whole 8-row vectors, not with
-            // `PackedSpmm::run_parallel`, which spawns threads on every call. Small
-            // products stay on this thread: `par_rows` gates on the multiply-adds.
+            // Work is split over the pool the plan installed for this run (the engine's
+            // `threads`), not with `PackedSpmm::run_parallel`, which spawns threads on
+            // every call. Small products stay on this thread (`MIN_WORK`). The token
+            // kernels split by columns: every thread keeps full 48-row blocks, where a
+            // row split leaves T = 49 two blocks of 3-4 vectors, bound by FMA latency.
             let work = rows * k * n / spmm.pattern().m() * spmm.pattern().n();
-            par_rows(ys, n.max(1), 8, work, |first, chunk| {
-                let t = chunk.len() / n;
-                spmm.run(&xs[first * k..(first + t) * k], t, chunk);
-                // Epilogues while this thread's rows are still in cache.
-                if self.gelu {
-                    gelu::run(chunk);
+            let threads = threads();
+            let by_columns = spmm
+                .column_unit()
+                .is_some_and(|u| n / u >= COLUMN_UNITS_PER_THREAD * threads);
+            if threads > 1 && work >= MIN_WORK && by_columns {
+                spmm.run_column_parts(xs, rows, ys, threads, |parts, each| par_parts(parts, each));
+                if self.gelu || rs.is_some() {
+                    par_rows(ys, n.max(1), 8, rows * n, |first, chunk| {
+                        if self.gelu {
+                            gelu::run(chunk);
+                        }
+                        if let Some(rs) = rs {
+                            let r = &rs[first * n..first * n + chunk.len()];
+                            chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                        }
+                        Ok(())
+                    })?;
                 }
-                if let Some(rs) = rs {
-                    let r = &rs[first * n..first * n + chunk.len()];
-                    chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-                }
-                Ok(())
-            })?;
+            } else {
+                // Otherwise rows, one chunk per thread in whole 8-row vectors.
+                par_rows(ys, n.max(1), 8, work, |first, chunk| {
+                    let t = chunk.len() / n;
+                    spmm.run(&xs[first * k..(first + t) * k], t, chunk);
+                    // Epilogues while this thread's rows are still in cache.
+                    if self.gelu {
+                        gelu::run(chunk);
+                    }
+                    if let Some(rs) = rs {
+                        let r = &rs[first * n..first * n + chunk.len()];
+                        chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                    }
+                    Ok(())
+                })?;
+            }
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -385,6 +412,77 @@ mod tests {
         check(p24, &[196], 192, 64, true, &seed); // enough work to split across threads
         check(NmPattern::new(1, 3).unwrap(), &[2, 3], 25, 6, true, &seed);
         check(NmPattern::new(2, 8).unwrap(), &[5], 19, 9, false, &seed);
+    }
+
+    /// The fused GELU and residual epilogues give the same bits on a two-thread pool
+    /// (where the token kernels split by columns, then run the epilogues by rows) as
+    /// on one thread, at T = 49 (the pruned token count) and 196.
+    #[test]
+    fn fused_epilogues_same_bits_on_two_threads() {
+        let seed = [0.5, -1.25, 2.0, -0.75, 0.1, 3.0, -2.5];
+        let (k, n) = (192, 64);
+        let m = matrix(NmPattern::TWO_FOUR, k, n, &seed);
+        let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.01 - 0.3).collect();
+        let base = NmMatMul::new(m, Some(bias)).unwrap();
+        for t in [49, 196] {
+            let xv: Vec<f32> = (0..t * k)
+                .map(|i| ((i * 37) % 101) as f32 / 64.0 - 0.8)
+                .collect();
+            let rv: Vec<f32> = (0..t * n)
+                .map(|i| ((i * 13) % 29) as f32 / 8.0 - 1.5)
+                .collect();
+            let x = Tensor::from_shape(&[t, k], &xv).unwrap();
+            let r = Tensor::from_shape(&[t, n], &rv).unwrap();
+            for op in [
+                base.with_gelu(),
+                base.with_residual(),
+                base.with_gelu().with_residual(),
+            ] {
+                let run = |threads: usize| {
+                    let mut model = TypedModel::default();
+                    let mut inputs = vec![model.add_source("x", f32::fact([t, k])).unwrap()];
+                    if op.residual() {
+                        inputs.push(model.add_source("r", f32::fact([t, n])).unwrap());
+                    }
+                    let y = model.wire_node("fc", op.clone(), &inputs).unwrap();
+                    model.select_output_outlets(&y).unwrap();
+                    let options = RunOptions {
+                        executor: (threads > 1).then(|| Executor::multithread(threads)),
+                        ..RunOptions::default()
+                    };
+                    let plan = TypedSimplePlan::new_with_options(model, &options).unwrap();
+                    let mut feed = tvec!(x.clone().into_tvalue());
+                    if op.residual() {
+                        feed.push(r.clone().into_tvalue());
+                    }
+                    let out = plan.spawn().unwrap().run(feed).unwrap();
+                    out[0]
+                        .try_as_plain_ram()
+                        .unwrap()
+                        .as_slice::<f32>()
+                        .unwrap()
+                        .to_vec()
+                };
+                let one = run(1);
+                let two = run(2);
+                let same = one
+                    .iter()
+                    .zip(&two)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "T={t} gelu {} residual {}", op.gelu(), op.residual());
+                // The epilogues did run: the fused op differs from the plain product.
+                let plain = base
+                    .eval(&EvalContext::out_of_plan(), tvec!(x.clone().into_tvalue()))
+                    .unwrap();
+                let plain = plain[0]
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                assert_ne!(one, plain);
+            }
+        }
     }
 
     #[test]

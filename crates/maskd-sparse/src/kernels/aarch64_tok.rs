@@ -31,6 +31,7 @@
 
 use std::arch::aarch64::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use super::aarch64::transpose4;
 pub(crate) use super::tok_pack::{Packed, COLS, ROWS};
@@ -49,19 +50,22 @@ struct Panel([f32; KC_MAX * ROWS]);
 #[repr(C, align(64))]
 struct Scratch([[f32; ROWS]; GROUP_OCT * OCT]);
 
-/// One block of rows: `x` and `y` are the whole matrices, rows `r0..r0 + rows`.
+/// One block of rows: `x` and `y` are the whole matrices, rows `r0..r0 + rows`,
+/// output columns in octets `octs` (only those columns of `y` are written).
 struct Block {
     r0: usize,
     rows: usize,
     x: *const f32,
     y: *mut f32,
+    octs: Range<usize>,
 }
 
-/// `y[t, n] = x[t, k] · W + bias`, row-major and contiguous.
+/// `y[t, n] = x[t, k] · W + bias`, row-major and contiguous, for the output columns
+/// of octets `octs` (`0..p.noct()` for all); no other column of `y` is touched.
 ///
 /// # Safety
-/// `x` holds `t * p.k` floats and `y` holds `t * p.n` floats.
-pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
+/// `x` holds `t * p.k` floats and `y` holds `t * p.n` floats. `octs.end <= p.noct()`.
+pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32, octs: Range<usize>) {
     // Uninitialised: the panel is read only at rows < kl and lanes < 4B, which
     // `fill_panel` wrote, and the scratch only where the previous K-chunk stored.
     let mut panel = MaybeUninit::<Panel>::uninit();
@@ -76,7 +80,13 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
     for b in 0..nblk {
         let v = (nvec - done).div_ceil(nblk - b);
         let rows = (v * 4).min(t - r0);
-        let blk = Block { r0, rows, x, y };
+        let blk = Block {
+            r0,
+            rows,
+            x,
+            y,
+            octs: octs.clone(),
+        };
         // SAFETY: rows r0..r0 + rows <= t; the other contracts are `run`'s.
         match v {
             1 => block::<1>(p, &blk, pp, sp),
@@ -101,15 +111,16 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
 #[inline(never)]
 unsafe fn block<const B: usize>(p: &Packed, blk: &Block, pp: *mut f32, sp: *mut f32) {
     let (k, n) = (p.k, p.n);
-    for g0 in (0..p.noct).step_by(GROUP_OCT) {
+    let octs = blk.octs.clone();
+    for g0 in octs.clone().step_by(GROUP_OCT) {
         for c in 0..p.nkc {
             let k0 = c * p.kc;
             let kl = p.kc.min(k - k0);
-            if p.nkc > 1 || g0 == 0 {
+            if p.nkc > 1 || g0 == octs.start {
                 fill_panel::<B>(blk, k, k0, kl, pp);
             }
             let pb = pp.cast_const().cast::<u8>();
-            for o in g0..p.noct.min(g0 + GROUP_OCT) {
+            for o in g0..octs.end.min(g0 + GROUP_OCT) {
                 let col = o * OCT;
                 let cols = OCT.min(n - col);
                 let so = (o - g0) * OCT;

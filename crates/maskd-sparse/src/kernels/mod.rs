@@ -16,6 +16,8 @@
 //! `M` to divide their lane count) leaves that matrix to the generic kernel;
 //! [`PackedSpmm::kernel_name`] tells which kernel a matrix really runs on.
 
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::{NmMatrix, NmPattern, SparseError};
@@ -256,6 +258,22 @@ pub(crate) enum Emu {
     Lanes16,
 }
 
+/// Most parts of a column split ([`PackedSpmm::run_column_parts`]).
+const MAX_PARTS: usize = 64;
+
+/// `y`'s pointer, shared by the parts of a column split that write disjoint columns.
+struct SyncPtr(*mut f32);
+
+// SAFETY: only `run_column_parts` makes one, whose parts write disjoint columns.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// A method, not `.0`: a closure would capture the bare (non-`Sync`) field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// N:M weights packed once for one kernel, ready to multiply.
 ///
 /// `run` computes `y[T, N] = x[T, K] · W + bias` where `x` and `y` are row-major and
@@ -446,7 +464,9 @@ impl PackedSpmm {
             Imp::Avx2Cross(p) => unsafe { x86::avx2_cross::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2Tok(p) => unsafe { x86_tok::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
+            Imp::Avx2Tok(p) => unsafe {
+                x86_tok::run(p, x.as_ptr(), t, y.as_mut_ptr(), 0..p.noct())
+            },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Imp::Avx512(p) => unsafe { x86::avx512::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
@@ -455,7 +475,9 @@ impl PackedSpmm {
             Imp::Neon(p) => unsafe { aarch64::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
             // SAFETY: as above.
             #[cfg(target_arch = "aarch64")]
-            Imp::NeonTok(p) => unsafe { aarch64_tok::run(p, x.as_ptr(), t, y.as_mut_ptr()) },
+            Imp::NeonTok(p) => unsafe {
+                aarch64_tok::run(p, x.as_ptr(), t, y.as_mut_ptr(), 0..p.noct())
+            },
             // SAFETY: plain Rust arrays; lengths checked above.
             #[cfg(test)]
             Imp::Emu(emu, p) => unsafe {
@@ -507,6 +529,99 @@ impl PackedSpmm {
                 }
             }
         });
+    }
+
+    /// Output columns per unit of a column split ([`run_column_parts`](Self::run_column_parts)):
+    /// 8 for the token kernels, `None` for kernels that only split by rows.
+    pub fn column_unit(&self) -> Option<usize> {
+        match &self.imp {
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2Tok(_) => Some(tok_pack::OCT),
+            #[cfg(target_arch = "aarch64")]
+            Imp::NeonTok(_) => Some(tok_pack::OCT),
+            _ => None,
+        }
+    }
+
+    /// [`run`](Self::run), with the output columns cut into at most `parts` ranges of
+    /// whole [`column_unit`](Self::column_unit)s, each computed over all `t` rows by one
+    /// call of `each(i)`, `i < parts`. `par(parts, each)` runs them, typically on a
+    /// thread pool (`(0..parts).into_par_iter().for_each(each)` with rayon); a part it
+    /// skips is run here afterwards, and a part it runs twice is computed once. Every
+    /// output has the same bits as with `run`.
+    ///
+    /// Why: split by rows, `T = 49` on 2 threads leaves each thread 3-4 vectors of 8
+    /// rows, blocks that FMA latency bounds; split by columns, every part keeps
+    /// the full 48-row blocks (the input panel is transposed once per part).
+    /// Kernels without a column unit run `run` on this thread. No allocation.
+    ///
+    /// # Panics
+    /// If the slice lengths do not match `t`.
+    pub fn run_column_parts(
+        &self,
+        x: &[f32],
+        t: usize,
+        y: &mut [f32],
+        parts: usize,
+        par: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
+    ) {
+        let Some(unit) = self.column_unit() else {
+            return self.run(x, t, y);
+        };
+        assert_eq!(
+            x.len(),
+            t * self.k,
+            "x must hold t*K = {t}*{} floats",
+            self.k
+        );
+        assert_eq!(
+            y.len(),
+            t * self.n,
+            "y must hold t*N = {t}*{} floats",
+            self.n
+        );
+        let units = self.n.div_ceil(unit);
+        let per = units.div_ceil(parts.clamp(1, MAX_PARTS));
+        let parts = units.div_ceil(per);
+        if t == 0 || parts == 1 {
+            return self.run(x, t, y);
+        }
+        // Each part claims its columns once, so even a `par` that calls `each(i)`
+        // twice at once cannot have two threads writing the same outputs.
+        let claimed: [AtomicBool; MAX_PARTS] = std::array::from_fn(|_| AtomicBool::new(false));
+        let yp = SyncPtr(y.as_mut_ptr());
+        let each = |i: usize| {
+            if i >= parts || claimed[i].swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let octs = i * per..((i + 1) * per).min(units);
+            // SAFETY: `y` is borrowed mutably for this whole call, and `par` cannot
+            // keep `each` past it; the parts' unit ranges are disjoint and each is
+            // run at most once (`claimed`), and the kernels write only the columns
+            // of their units; lengths are checked above.
+            unsafe { self.run_units(x.as_ptr(), t, yp.get(), octs) }
+        };
+        par(parts, &each);
+        for i in 0..parts {
+            each(i);
+        }
+    }
+
+    /// The token kernels on units (octets of columns) `octs` only.
+    ///
+    /// # Safety
+    /// `x` holds `t * K` floats, `y` holds `t * N`; nothing else accesses columns
+    /// `8 * octs.start..8 * octs.end` of `y` meanwhile.
+    unsafe fn run_units(&self, x: *const f32, t: usize, y: *mut f32, octs: Range<usize>) {
+        match &self.imp {
+            // SAFETY: `with_kernel` checked the CPU features; the rest is the caller's.
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2Tok(p) => x86_tok::run(p, x, t, y, octs),
+            // SAFETY: as above; NEON is baseline on aarch64.
+            #[cfg(target_arch = "aarch64")]
+            Imp::NeonTok(p) => aarch64_tok::run(p, x, t, y, octs),
+            _ => unreachable!("column_unit() is Some only for the token kernels"),
+        }
     }
 
     /// The kernel family this matrix runs on.

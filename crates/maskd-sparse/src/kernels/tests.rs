@@ -382,6 +382,51 @@ macro_rules! tok_suite {
                 assert!((0.4..0.9).contains(&f), "{f}");
             }
 
+            /// A column split gives `run`'s bits whatever runs the parts: scoped threads,
+            /// nothing (the parts then run on the caller), or every part twice at once.
+            #[test]
+            fn column_parts_match_run() {
+                type Par<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+                let threads: Par = &|parts, each| {
+                    std::thread::scope(|s| {
+                        for i in 0..parts {
+                            s.spawn(move || each(i));
+                        }
+                    })
+                };
+                let nothing: Par = &|_, _| {};
+                let twice: Par = &|parts, each| {
+                    std::thread::scope(|s| {
+                        for i in (0..parts).chain(0..parts) {
+                            s.spawn(move || each(i));
+                        }
+                    })
+                };
+                for (t, k, n) in [(1, 40, 13), (49, 192, 72), (98, 300, 776), (196, 130, 24)] {
+                    let c = fixed(NmPattern::TWO_FOUR, t, k, n, true);
+                    let m = NmMatrix::from_dense_pruned_shared(&c.w, k, n, c.pattern, 2).unwrap();
+                    let Some(mm) = build(&m, c.bias.as_deref()) else {
+                        return;
+                    };
+                    assert_eq!(mm.column_unit(), Some(8));
+                    let mut want = vec![f32::NAN; t * n];
+                    mm.run(&c.x, t, &mut want);
+                    for parts in [1, 2, 3, 5, 200] {
+                        for (name, par) in
+                            [("threads", threads), ("nothing", nothing), ("twice", twice)]
+                        {
+                            let mut got = vec![f32::NAN; t * n];
+                            mm.run_column_parts(&c.x, t, &mut got, parts, |p, e| par(p, e));
+                            let same = got
+                                .iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "T={t} N={n}, {parts} parts, par {name}");
+                        }
+                    }
+                }
+            }
+
             /// Two column groups (776 = 768 + 8), three K-chunks with a short one, row
             /// blocks of every height (AVX2: 1..=6 vectors of 8, each with and without 1-4
             /// rider rows, T = 8q + 1..4 up to 52; 97, 98 and 100 = 6 + 6 vectors + riders;
@@ -469,6 +514,24 @@ fn self_test_catches_a_wrong_kernel() {
     // Exact agreement passes: the generic kernel against itself.
     let same = |m: &NmMatrix, b: Option<&[f32]>| PackedSpmm::with_kernel(m, b, KernelKind::Generic);
     selftest::check_with(KernelKind::Avx2Tok, &same).unwrap();
+}
+
+/// A kernel without a column unit runs the whole product itself and never calls `par`.
+#[test]
+fn column_parts_fall_back_to_run() {
+    let c = fixed(NmPattern::TWO_FOUR, 5, 16, 24, true);
+    let m = NmMatrix::from_dense_pruned(&c.w, 16, 24, c.pattern).unwrap();
+    let g = PackedSpmm::with_kernel(&m, c.bias.as_deref(), KernelKind::Generic).unwrap();
+    assert_eq!(g.column_unit(), None);
+    let mut want = vec![0.0; 5 * 24];
+    g.run(&c.x, 5, &mut want);
+    let mut got = vec![f32::NAN; 5 * 24];
+    let called = AtomicBool::new(false);
+    g.run_column_parts(&c.x, 5, &mut got, 2, |_, _| {
+        called.store(true, Ordering::Relaxed)
+    });
+    assert!(!called.load(Ordering::Relaxed));
+    assert_eq!(got, want);
 }
 
 #[test]

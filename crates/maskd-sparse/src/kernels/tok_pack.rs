@@ -195,6 +195,11 @@ impl Packed {
         }
     }
 
+    /// Octets of 8 output columns: the unit of a column split.
+    pub(crate) fn noct(&self) -> usize {
+        self.noct
+    }
+
     pub(crate) fn bytes(&self) -> usize {
         4 * (self.data.len() + self.bias.len()) + 8 * self.starts.len()
     }

@@ -47,6 +47,7 @@
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 pub(crate) use super::tok_pack::{Packed, COLS, ROWS};
 use super::tok_pack::{KC_MAX, OCT, SLOT};
@@ -125,12 +126,13 @@ unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
-/// `y[t, n] = x[t, k] · W + bias`, row-major and contiguous.
+/// `y[t, n] = x[t, k] · W + bias`, row-major and contiguous, for the output columns
+/// of octets `octs` (`0..p.noct()` for all); no other column of `y` is touched.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `x` holds `t * p.k` floats and `y` holds `t * p.n`.
+/// The CPU has AVX2 and FMA; `x` holds `t * p.k` floats and `y` holds `t * p.n`. `octs.end <= p.noct()`.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
+pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32, octs: Range<usize>) {
     // Left uninitialised (zeroing 72 KiB per call showed up at T = 49): the panel
     // is only read at rows < kl and lanes < 8B, which `fill_panel` wrote, and the
     // scratch only at columns and lanes the previous K-chunk stored.
@@ -166,7 +168,13 @@ pub(crate) unsafe fn run(p: &Packed, x: *const f32, t: usize, y: *mut f32) {
         } else {
             (v * 8).min(t - r0)
         };
-        let blk = Block { r0, rows, x, y };
+        let blk = Block {
+            r0,
+            rows,
+            x,
+            y,
+            octs: octs.clone(),
+        };
         macro_rules! by_height {
             ($r:literal) => {
                 match v {
@@ -201,12 +209,14 @@ struct Stack {
     rs: *mut f32,
 }
 
-/// One block of rows: `x` and `y` are the whole matrices, rows `r0..r0 + rows`.
+/// One block of rows: `x` and `y` are the whole matrices, rows `r0..r0 + rows`,
+/// output columns in octets `octs` (only those columns of `y` are written).
 struct Block {
     r0: usize,
     rows: usize,
     x: *const f32,
     y: *mut f32,
+    octs: Range<usize>,
 }
 
 /// A block of `rows <= 8B` token rows, all K-chunks, all columns. With `R > 0` the
@@ -222,18 +232,19 @@ unsafe fn block<const B: usize, const R: usize>(p: &Packed, blk: &Block, s: &Sta
     let (pp, sp, rp, rs) = (s.panel, s.sc, s.rp, s.rs);
     let shift = rider_shift(R);
     let rr = blk.rows.saturating_sub(8 * B); // real rider rows, <= R
-    for g0 in (0..p.noct).step_by(GROUP_OCT) {
+    let octs = blk.octs.clone();
+    for g0 in octs.clone().step_by(GROUP_OCT) {
         for c in 0..p.nkc {
             let k0 = c * p.kc;
             let kl = p.kc.min(k - k0);
-            if p.nkc > 1 || g0 == 0 {
+            if p.nkc > 1 || g0 == octs.start {
                 fill_panel::<B>(blk, k, k0, kl, pp);
                 if R > 0 {
                     fill_rider::<R>(blk, 8 * B, k, k0, kl, rp);
                 }
             }
             let pb = pp.cast_const().cast::<u8>();
-            for o in g0..p.noct.min(g0 + GROUP_OCT) {
+            for o in g0..octs.end.min(g0 + GROUP_OCT) {
                 let col = o * OCT;
                 let cols = OCT.min(n - col);
                 let so = (o - g0) * OCT;
