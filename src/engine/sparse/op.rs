@@ -219,33 +219,31 @@ impl EvalOp for NmMatMul {
             let by_columns = spmm
                 .column_unit()
                 .is_some_and(|u| n / u >= COLUMN_UNITS_PER_THREAD * threads);
+            // The fused GELU and residual, on output rows `first..` held in `chunk`.
+            let epilogue = |first: usize, chunk: &mut [f32]| {
+                if self.gelu {
+                    gelu::run(chunk);
+                }
+                if let Some(rs) = rs {
+                    let r = &rs[first * n..first * n + chunk.len()];
+                    chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                }
+            };
             if threads > 1 && work >= MIN_WORK && by_columns {
                 spmm.run_column_parts(xs, rows, ys, threads, |parts, each| par_parts(parts, each));
                 if self.gelu || rs.is_some() {
                     par_rows(ys, n.max(1), 8, rows * n, |first, chunk| {
-                        if self.gelu {
-                            gelu::run(chunk);
-                        }
-                        if let Some(rs) = rs {
-                            let r = &rs[first * n..first * n + chunk.len()];
-                            chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-                        }
+                        epilogue(first, chunk);
                         Ok(())
                     })?;
                 }
             } else {
-                // Otherwise rows, one chunk per thread in whole 8-row vectors.
+                // Otherwise rows, one chunk per thread in whole 8-row vectors, each
+                // chunk's epilogue while its rows are still in cache.
                 par_rows(ys, n.max(1), 8, work, |first, chunk| {
                     let t = chunk.len() / n;
                     spmm.run(&xs[first * k..(first + t) * k], t, chunk);
-                    // Epilogues while this thread's rows are still in cache.
-                    if self.gelu {
-                        gelu::run(chunk);
-                    }
-                    if let Some(rs) = rs {
-                        let r = &rs[first * n..first * n + chunk.len()];
-                        chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-                    }
+                    epilogue(first, chunk);
                     Ok(())
                 })?;
             }

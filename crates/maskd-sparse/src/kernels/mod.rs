@@ -438,18 +438,7 @@ impl PackedSpmm {
     /// # Panics
     /// If the slice lengths do not match `t`.
     pub fn run(&self, x: &[f32], t: usize, y: &mut [f32]) {
-        assert_eq!(
-            x.len(),
-            t * self.k,
-            "x must hold t*K = {t}*{} floats",
-            self.k
-        );
-        assert_eq!(
-            y.len(),
-            t * self.n,
-            "y must hold t*N = {t}*{} floats",
-            self.n
-        );
+        self.check_lengths(x, t, y);
         if t == 0 {
             return;
         }
@@ -503,18 +492,7 @@ impl PackedSpmm {
         if threads == 1 || share >= t {
             return self.run(x, t, y);
         }
-        assert_eq!(
-            x.len(),
-            t * self.k,
-            "x must hold t*K = {t}*{} floats",
-            self.k
-        );
-        assert_eq!(
-            y.len(),
-            t * self.n,
-            "y must hold t*N = {t}*{} floats",
-            self.n
-        );
+        self.check_lengths(x, t, y);
         std::thread::scope(|s| {
             let mut xs = x
                 .chunks(share * self.k)
@@ -568,18 +546,7 @@ impl PackedSpmm {
         let Some(unit) = self.column_unit() else {
             return self.run(x, t, y);
         };
-        assert_eq!(
-            x.len(),
-            t * self.k,
-            "x must hold t*K = {t}*{} floats",
-            self.k
-        );
-        assert_eq!(
-            y.len(),
-            t * self.n,
-            "y must hold t*N = {t}*{} floats",
-            self.n
-        );
+        self.check_lengths(x, t, y);
         let units = self.n.div_ceil(unit);
         let per = units.div_ceil(parts.clamp(1, MAX_PARTS));
         let parts = units.div_ceil(per);
@@ -622,6 +589,22 @@ impl PackedSpmm {
             Imp::NeonTok(p) => aarch64_tok::run(p, x, t, y, octs),
             _ => unreachable!("column_unit() is Some only for the token kernels"),
         }
+    }
+
+    /// Panics unless `x` holds `t * K` floats and `y` holds `t * N`.
+    fn check_lengths(&self, x: &[f32], t: usize, y: &[f32]) {
+        assert_eq!(
+            x.len(),
+            t * self.k,
+            "x must hold t*K = {t}*{} floats",
+            self.k
+        );
+        assert_eq!(
+            y.len(),
+            t * self.n,
+            "y must hold t*N = {t}*{} floats",
+            self.n
+        );
     }
 
     /// The kernel family this matrix runs on.
