@@ -93,6 +93,33 @@ class Stem(nn.Module):
         return self.act(self.c2(self.act(self.c1(x))))
 
 
+class ConvTokens(nn.Module):
+    """A convolutional path from the stem's stride-4 features to the 14x14 token grid,
+    added to the linear patch embedding (a "convolutional stem" ViT, Xiao et al. 2021).
+
+    docs/MODEL.md's diagnosis: an object under ~1.5 patches is cut across up to four 16x16
+    patches, and a linear patch embedding hands each token a quarter of its outline, so
+    the blocks see "something red" but not "a red star". Two strided 3x3 convs and one at
+    stride 16 give each token a 63-px receptive field centred on its patch (a small object
+    whole, across patch borders) for ~60 MFLOP, ~8 % of the encoder. The token grid, the
+    token count and every stage interface stay as they are; the last conv starts at zero,
+    so training starts at the model it is grafted on.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(SKIP_C, 64, 3, 2, 1)
+        self.c2 = nn.Conv2d(64, 128, 3, 2, 1)
+        self.c3 = nn.Conv2d(128, 128, 3, 1, 1)
+        self.out = nn.Conv2d(128, WIDTH, 1)
+        self.act = nn.GELU(approximate="tanh")
+
+    def forward(self, skip):
+        """skip [B,32,4h,4w] -> [B,h*w,192]."""
+        x = self.act(self.c3(self.act(self.c2(self.act(self.c1(skip))))))
+        return self.out(x).flatten(2).transpose(1, 2)
+
+
 class Refine(nn.Module):
     """Text-conditioned correction of the mask logits at 56x56 (stride 4).
 
@@ -221,9 +248,10 @@ class Decoder(nn.Module):
 
 
 class ViTSeg(nn.Module):
-    def __init__(self, refine: bool = False):
+    def __init__(self, refine: bool = False, conv_tokens: bool = False):
         super().__init__()
         self.stem = Stem()
+        self.ctok = ConvTokens() if conv_tokens else None
         self.patch = nn.Linear(3 * PATCH * PATCH, WIDTH)
         self.pos = nn.Parameter(torch.randn(1, GRID * GRID, WIDTH) * 0.02)
         self.blocks = nn.ModuleList([Block() for _ in range(DEPTH)])
@@ -232,6 +260,9 @@ class ViTSeg(nn.Module):
         for f in list(self.decoder.film) + ([self.decoder.refine.film, self.decoder.refine.out] if refine else []):
             nn.init.zeros_(f.weight)  # FiLM starts as the identity, the refinement at zero
             nn.init.zeros_(f.bias)
+        if self.ctok is not None:
+            nn.init.zeros_(self.ctok.out.weight)
+            nn.init.zeros_(self.ctok.out.bias)
 
     @staticmethod
     def _init(m):
@@ -255,6 +286,8 @@ class ViTSeg(nn.Module):
         h, w = H // PATCH, W // PATCH
         x = image.reshape(B, 3, h, PATCH, w, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, 3 * PATCH * PATCH)
         x = self.patch(x) + self.pos_embed(h, w, offsets)
+        if self.ctok is not None:
+            x = x + self.ctok(skip)
         return x, skip
 
     def encode(self, image, explicit=False, offsets=None):
@@ -329,8 +362,9 @@ def param_count(m):
 
 
 def for_state(state: dict) -> "ViTSeg":
-    """The architecture a checkpoint's state was trained with (with or without `Refine`)."""
-    return ViTSeg(refine=any(k.startswith("decoder.refine.") for k in state))
+    """The architecture a checkpoint's state was trained with (with or without `Refine`, `ConvTokens`)."""
+    return ViTSeg(refine=any(k.startswith("decoder.refine.") for k in state),
+                  conv_tokens=any(k.startswith("ctok.") for k in state))
 
 
 if __name__ == "__main__":

@@ -209,6 +209,8 @@ def main():
                          "image (docs/MODEL.md: small objects are where the masks fail)")
     ap.add_argument("--refine", action="store_true",
                     help="add model.Refine, a text-conditioned 56x56 correction of the mask logits (not shipped)")
+    ap.add_argument("--conv-tokens", action="store_true",
+                    help="add model.ConvTokens, a conv path from the stem to the token grid (session 9)")
     ap.add_argument("--ckpt-min", type=float, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -235,8 +237,8 @@ def main():
 
     data = Data(a.data)
     val = Data(a.val) if os.path.exists(os.path.join(a.val, "DONE")) else None
-    model = ViTSeg(refine=a.refine)
-    ema = ViTSeg(refine=a.refine)
+    model = ViTSeg(refine=a.refine, conv_tokens=a.conv_tokens)
+    ema = ViTSeg(refine=a.refine, conv_tokens=a.conv_tokens)
     ema.load_state_dict(model.state_dict())
     for p in ema.parameters():
         p.requires_grad_(False)
