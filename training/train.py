@@ -175,8 +175,9 @@ def validate(model, val, emb_canon, n=60, bs=6):
     for s in range(0, min(n, val.n), bs):
         img, tgt, pres = val.batch(np.arange(s, min(s + bs, n)))
         text = emb_canon[None].expand(img.shape[0], -1, -1)
-        mk, pr = model(img, text)
-        a, b = iou_stats(mk.float(), pr.float(), tgt, pres)
+        dev = next(model.parameters()).device
+        mk, pr = model(img.to(dev), text.to(dev))
+        a, b = iou_stats(mk.float().cpu(), pr.float().cpu(), tgt, pres)
         ious += a
         absent += b
     model.train()
@@ -213,6 +214,9 @@ def main():
                     help="add model.ConvTokens, a conv path from the stem to the token grid (session 9)")
     ap.add_argument("--ckpt-min", type=float, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, cuda, or auto (cuda where torch sees a GPU): the remedy docs/MODEL.md names "
+                         "for the accuracy gap is GPU-sized training; data stays on the host, batches move")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=os.path.join(WORK, "data", "train"))
     ap.add_argument("--val", default=os.path.join(WORK, "data", "val"))
@@ -240,9 +244,14 @@ def main():
     model = ViTSeg(refine=a.refine, conv_tokens=a.conv_tokens)
     ema = ViTSeg(refine=a.refine, conv_tokens=a.conv_tokens)
     ema.load_state_dict(model.state_dict())
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if a.device == "auto" else a.device))
+    model.to(dev)
+    ema.to(dev)
     for p in ema.parameters():
         p.requires_grad_(False)
-    print(f"params {param_count(model)}; data {data.n} scenes; phrasings {len(phr.texts)}", flush=True)
+    print(f"params {param_count(model)}; data {data.n} scenes; phrasings {len(phr.texts)}; device {dev}",
+          flush=True)
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "pos" in n_ or "norm" in n_ else decay).append(p)
@@ -255,8 +264,10 @@ def main():
         missing = load_matching(model, ck["model"]) + load_matching(ema, ck["ema"])
         if missing:  # architecture changed: reuse matching weights, fresh optimizer and schedule
             print(f"init from {a.resume}: {len(missing)} tensors left at init, fresh schedule", flush=True)
-        else:
+        elif "opt" in ck:
             opt.load_state_dict(ck["opt"])
+        else:  # final.pt keeps weights only: same architecture, fresh optimizer
+            print(f"init from {a.resume}: no optimizer state, fresh moments", flush=True)
         if not missing and not a.fresh_schedule:  # same architecture: continue its schedule
             elapsed0, step = ck["elapsed"], ck["step"]
         if a.fresh_schedule:
@@ -292,7 +303,10 @@ def main():
         # every object of the scene, for the distractor weighting below
         objects = tgt.amax(1, keepdim=True) if a.distractor_weight > 0 else None
         tgt, pres, text = choose_prompts(tgt, pres, rng, a.k, phr)  # text [B,K,384]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+        img, tgt, pres, text = img.to(dev), tgt.to(dev), pres.to(dev), text.to(dev)
+        if objects is not None:
+            objects = objects.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
             mk, pr = model(img, text, offsets)
         mk, pr = mk.float(), pr.float()
         # per prompt: small present objects weigh (1 + small_weight) in both mask losses
