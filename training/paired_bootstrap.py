@@ -17,23 +17,12 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from presence_sweep import predictions  # noqa: E402
+from presence_sweep import image_scores, predictions  # noqa: E402
 
 
 def per_image(manifest: str, cache: dict):
     """Per image: (present [n,2] of (presence logit, IoU), absent [m,2] of (logit, coverage))."""
-    out = []
-    for prompts, up, pl, gts in predictions(manifest, cache):
-        pres, absent = [], []
-        for j in range(len(prompts)):
-            m = up[j] > 0
-            if j in gts:
-                gt = gts[j]
-                pres.append((pl[j], (m & gt).sum() / max((m | gt).sum(), 1)))
-            else:
-                absent.append((pl[j], m.mean()))
-        out.append((np.array(pres).reshape(-1, 2), np.array(absent).reshape(-1, 2)))
-    return out
+    return [image_scores(*sample) for sample in predictions(manifest, cache)]
 
 
 def frontier(P, A, target=0.80):

@@ -55,19 +55,25 @@ def predictions(manifest: str, emb_cache: dict | None = None):
         yield prompts, upsample_bilinear(ml.astype(np.float32), 224), pl, gts
 
 
+def image_scores(prompts, up, pl, gts):
+    """One sample of `predictions`: (presence logit, IoU) per present prompt [n,2] and
+    (presence logit, coverage) per absent one [m,2]."""
+    present, absent = [], []
+    for j in range(len(prompts)):
+        m = up[j] > 0
+        if j in gts:
+            gt = gts[j]
+            present.append((pl[j], (m & gt).sum() / max((m | gt).sum(), 1)))
+        else:
+            absent.append((pl[j], m.mean()))
+    return np.array(present).reshape(-1, 2), np.array(absent).reshape(-1, 2)
+
+
 def scores(manifest: str, emb_cache: dict):
     """(presence logit, IoU) per present prompt and (presence logit, coverage) per absent one."""
-    present, absent = [], []
-    for prompts, up, pl, gts in predictions(manifest, emb_cache):
-        for j in range(len(prompts)):
-            m = up[j] > 0
-            if j in gts:
-                gt = gts[j]
-                present.append((pl[j], (m & gt).sum() / max((m | gt).sum(), 1)))
-            else:
-                absent.append((pl[j], m.mean()))
+    rows = [image_scores(*sample) for sample in predictions(manifest, emb_cache)]
     thr = tomllib.load(open(manifest, "rb"))["segmenter"]["score_threshold"]
-    return float(thr), np.array(present), np.array(absent)
+    return float(thr), np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
 
 
 def main():

@@ -172,10 +172,10 @@ def iou_stats(mask_logits, pres_logits, tgt, pres):
 def validate(model, val, emb_canon, n=60, bs=6):
     model.eval()
     ious, absent = [], []
+    dev = next(model.parameters()).device
     for s in range(0, min(n, val.n), bs):
         img, tgt, pres = val.batch(np.arange(s, min(s + bs, n)))
         text = emb_canon[None].expand(img.shape[0], -1, -1)
-        dev = next(model.parameters()).device
         mk, pr = model(img.to(dev), text.to(dev))
         a, b = iou_stats(mk.float().cpu(), pr.float().cpu(), tgt, pres)
         ious += a
@@ -244,8 +244,8 @@ def main():
     model = ViTSeg(refine=a.refine, conv_tokens=a.conv_tokens)
     ema = ViTSeg(refine=a.refine, conv_tokens=a.conv_tokens)
     ema.load_state_dict(model.state_dict())
-    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if a.device == "auto" else a.device))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(auto if a.device == "auto" else a.device)
     model.to(dev)
     ema.to(dev)
     for p in ema.parameters():
@@ -262,6 +262,9 @@ def main():
     if a.resume:
         ck = torch.load(a.resume, map_location="cpu")
         missing = load_matching(model, ck["model"]) + load_matching(ema, ck["ema"])
+        dropped = sorted({k.split(".")[0] for k in ck["model"] if k not in model.state_dict()})
+        if dropped:  # e.g. a --conv-tokens checkpoint resumed without the flag
+            print(f"warning: {a.resume} has modules this model lacks, not loaded: {', '.join(dropped)}", flush=True)
         if missing:  # architecture changed: reuse matching weights, fresh optimizer and schedule
             print(f"init from {a.resume}: {len(missing)} tensors left at init, fresh schedule", flush=True)
         elif "opt" in ck:
