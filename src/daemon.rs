@@ -13,12 +13,12 @@ use anyhow::Context;
 use log::{error, info, warn};
 
 use crate::config::{self, Config};
+use crate::contracts::{MaskSet, PromptDirectory, PromptId};
 use crate::engine::Engine;
 use crate::lifecycle::logging;
 use crate::lifecycle::notify::Notifier;
 use crate::lifecycle::signals::Signals;
-use crate::masks::{MaskSet, PromptId};
-use crate::publish::{PromptDirectory, Publisher};
+use crate::publish::Publisher;
 use crate::source::Source;
 
 /// Longest the loop waits for a frame before it services clients and signals again.

@@ -3,21 +3,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use maskd::cli::{Cli, Command};
+use maskd::commands::{Cli, Command};
 
 // Counting lets `maskd bench` report allocations per frame of the real binary.
 #[global_allocator]
-static ALLOCATOR: maskd::bench::alloc::Counting = maskd::bench::alloc::Counting;
+static ALLOCATOR: maskd::alloc::Counting = maskd::alloc::Counting;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => maskd::daemon::main(&args.config),
-        Command::Subscribe(args) => maskd::subscribe::run(args),
-        Command::Inspect(args) => maskd::inspect::run(args),
-        Command::Bench(args) => maskd::bench::run(args),
-        Command::Eval(args) => maskd::eval::run(args),
-        Command::Sparsify(args) => maskd::sparsify::run(args),
+        Command::Subscribe(args) => maskd::commands::subscribe::run(args),
+        Command::Inspect(args) => maskd::commands::inspect::run(args),
+        Command::Bench(args) => maskd::commands::bench::run(args),
+        Command::Eval(args) => maskd::commands::eval::run(args),
+        Command::Sparsify(args) => maskd::commands::sparsify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,8 +69,8 @@ struct RawEngine {
     manifest: PathBuf,
     #[serde(default = "default_threads")]
     threads: usize,
-    #[serde(default)]
-    sparse_kernel: RawSparseKernel,
+    #[serde(default = "default_sparse_kernel")]
+    sparse_kernel: SparseKernel,
     #[serde(default = "default_fused_ops")]
     fused_ops: bool,
 }
@@ -79,13 +79,8 @@ fn default_fused_ops() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RawSparseKernel {
-    #[default]
-    Auto,
-    Sparse,
-    Dense,
+fn default_sparse_kernel() -> SparseKernel {
+    DEFAULT_SPARSE_KERNEL
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,11 +295,7 @@ impl RawEngine {
         Ok(EngineConfig {
             manifest: resolve(dir, &self.manifest),
             threads: check.range("engine.threads", self.threads, THREADS_RANGE)?,
-            sparse_kernel: match self.sparse_kernel {
-                RawSparseKernel::Auto => SparseKernel::Auto,
-                RawSparseKernel::Sparse => SparseKernel::Sparse,
-                RawSparseKernel::Dense => SparseKernel::Dense,
-            },
+            sparse_kernel: self.sparse_kernel,
             fused_ops: self.fused_ops,
         })
     }

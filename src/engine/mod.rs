@@ -9,33 +9,26 @@
 //!
 //! Leaves out: sockets, pipelines, encoding masks for the wire.
 
-pub mod attention;
-pub mod gelu;
-pub mod graph;
-pub mod layernorm;
 pub mod manifest;
-pub mod mulsum;
-pub mod parallel;
+pub mod ops;
 pub mod plan;
 pub mod postprocess;
 pub mod preprocess;
 pub mod profile;
 pub mod prompts;
 pub mod segmenter;
-pub mod sparse;
 pub mod stages;
 #[cfg(test)]
-pub(crate) mod testutil;
+pub(crate) mod test_util;
 pub mod text;
-pub mod upsample;
 
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::config::{EngineConfig, MaskConfig, PromptsConfig};
-use crate::masks::{MaskSet, PromptId};
-use crate::source::FrameView;
+use crate::contracts::FrameView;
+use crate::contracts::{MaskSet, PromptId};
 
 pub use manifest::Manifest;
 pub use postprocess::Thresholds;
@@ -64,36 +57,14 @@ pub struct Engine {
 impl Engine {
     /// Loads the manifest and every graph, checks them, registers and starts encoding the
     /// config's prompts. Errors name the manifest or graph file, the key and the reason.
+    ///
+    /// The one constructor: the daemon, `maskd eval` and `maskd bench` all build their
+    /// engine here from an `[engine]` and a `[prompts]` section, so a figure measured by
+    /// a tool comes from the code that serves masks.
     pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
         let manifest = Manifest::load(&cfg.manifest)?;
-        let options = PlanOptions {
-            tract_ops: !cfg.fused_ops,
-            ..PlanOptions::with_threads(cfg.threads).with_sparse_kernel(cfg.sparse_kernel)
-        };
-        Engine::with_options(manifest, cfg.threads, &options, prompts)
-    }
-
-    /// As [`Engine::load`], from an already loaded manifest (`maskd eval`), with the
-    /// default `engine.sparse_kernel`.
-    pub fn from_manifest(
-        manifest: Manifest,
-        threads: usize,
-        prompts: &PromptsConfig,
-    ) -> anyhow::Result<Engine> {
-        Engine::with_options(
-            manifest,
-            threads,
-            &PlanOptions::with_threads(threads),
-            prompts,
-        )
-    }
-
-    fn with_options(
-        manifest: Manifest,
-        threads: usize,
-        options: &PlanOptions,
-        prompts: &PromptsConfig,
-    ) -> anyhow::Result<Engine> {
+        let options = PlanOptions::for_engine(cfg);
+        let threads = cfg.threads;
         let thresholds = Thresholds {
             mask: prompts
                 .mask_threshold
@@ -114,7 +85,7 @@ impl Engine {
         )
         .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
         let encoder = TextEncoder::load(&manifest)?;
-        let seg = Segmenter::load(&manifest, options)?;
+        let seg = Segmenter::load(&manifest, &options)?;
         let worker = EncoderWorker::spawn(encoder).context("starting the text encoder thread")?;
         let registry = PromptRegistry::new(tokenizer, worker, &prompts.text, prompts.max_prompts)
             .map_err(|e| anyhow::anyhow!("prompts.text: {e}"))?;
@@ -136,7 +107,7 @@ impl Engine {
             "{}: {} (engine.sparse_kernel = \"{}\")",
             manifest.relative(&manifest.segmenter.model).display(),
             seg.sparse().summary(),
-            sparse::mode_name(options.sparse_kernel)
+            options.sparse_kernel.as_str()
         );
         Ok(Engine {
             manifest,
@@ -158,12 +129,12 @@ impl Engine {
         (self.manifest.image.width, self.manifest.image.height)
     }
 
-    /// The prompt registry (implements [`crate::publish::PromptDirectory`]).
+    /// The prompt registry (implements [`crate::contracts::PromptDirectory`]).
     pub fn prompts(&mut self) -> &mut PromptRegistry {
         &mut self.prompts
     }
 
-    /// Waits until the config's prompts are encoded (start-up, eval), at most `timeout`.
+    /// Waits until the config's prompts are encoded (start-up), at most `timeout`.
     /// False if one failed or the time ran out.
     pub fn wait_for_prompts(&mut self, timeout: Duration) -> bool {
         self.prompts.wait_for_pinned(timeout)
@@ -255,7 +226,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::config::{MaskEncoding, SparseKernel};
-    use crate::publish::PromptDirectory;
+    use crate::contracts::PromptDirectory;
     use segmenter::tests::{fixture_rgb, frame};
     use std::path::PathBuf;
 

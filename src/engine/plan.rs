@@ -8,7 +8,7 @@
 //! `seg/seg.onnx: input "image" is 1x3x256x256 but the manifest says 1x3x224x224`.
 //!
 //! Between typing and optimising, `engine.sparse_kernel` is applied to the graph (see
-//! `sparse/rewrite.rs`): N:M layers are kept sparse, decompressed, or created from dense
+//! `ops/nm_matmul/rewrite.rs`): N:M layers are kept sparse, decompressed, or created from dense
 //! matmuls whose weights obey 2:4; [`Plan::sparse`] says what came out.
 //!
 //! Leaves out: running plans (the runners in `segmenter.rs`, `stages.rs`, `text/encoder.rs`).
@@ -22,9 +22,9 @@ use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::config::SparseKernel;
-use crate::engine::sparse::{self, SparseLayer, SparseReport};
-use crate::engine::{attention, gelu, layernorm, mulsum, upsample};
+use crate::config::{EngineConfig, SparseKernel};
+use crate::engine::ops::nm_matmul::{self, SparseLayer, SparseReport};
+use crate::engine::ops::{self, Fusions};
 
 /// One dim of an input or output as the manifest describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,14 +64,9 @@ pub struct PlanOptions {
     pub executor: Option<Executor>,
     /// How N:M layers run (`engine.sparse_kernel`).
     pub sparse_kernel: SparseKernel,
-    /// Keep tract's general `Resize` instead of [`upsample::Upsample2d`] (tests compare
-    /// the two on whole models).
-    pub tract_resize: bool,
-    /// Keep tract's attention subgraphs, GELU, decomposed LayerNorm and `Mul` +
-    /// `ReduceSum` instead of [`attention::Attention`], [`gelu::FastGelu`],
-    /// [`layernorm::LayerNorm`] and [`mulsum::MulSum`] (tests compare the two on whole
-    /// models).
-    pub tract_ops: bool,
+    /// Which of maskd's ops replace tract's nodes (tests turn them off to compare the
+    /// two on whole models).
+    pub fusions: Fusions,
 }
 
 impl Default for PlanOptions {
@@ -80,8 +75,10 @@ impl Default for PlanOptions {
             ignore_value_info: false,
             executor: None,
             sparse_kernel: crate::config::DEFAULT_SPARSE_KERNEL,
-            tract_resize: false,
-            tract_ops: false,
+            fusions: Fusions {
+                upsample: true,
+                fused_ops: true,
+            },
         }
     }
 }
@@ -95,6 +92,19 @@ impl PlanOptions {
         PlanOptions {
             executor,
             ..PlanOptions::default()
+        }
+    }
+
+    /// What `[engine]` asks for: the one mapping from config to plans, used by every
+    /// command that runs the engine.
+    pub fn for_engine(cfg: &EngineConfig) -> PlanOptions {
+        let options = PlanOptions::with_threads(cfg.threads).with_sparse_kernel(cfg.sparse_kernel);
+        PlanOptions {
+            fusions: Fusions {
+                fused_ops: cfg.fused_ops,
+                ..options.fusions
+            },
+            ..options
         }
     }
 
@@ -161,7 +171,7 @@ impl Plan {
         options: &PlanOptions,
     ) -> anyhow::Result<Plan> {
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info);
-        sparse::register(&mut onnx);
+        nm_matmul::register(&mut onnx);
         let mut model = onnx
             .model_for_path(file)
             .with_context(|| format!("{}: loading the ONNX graph", shown.display()))?;
@@ -171,33 +181,14 @@ impl Plan {
             .into_typed()
             .and_then(|m| m.into_decluttered())
             .with_context(|| format!("{}: typing the graph", shown.display()))?;
-        let dense = sparse::apply(&mut typed, options.sparse_kernel).with_context(|| {
+        let dense = nm_matmul::apply(&mut typed, options.sparse_kernel).with_context(|| {
             format!(
                 "{}: applying engine.sparse_kernel = \"{}\"",
                 shown.display(),
-                sparse::mode_name(options.sparse_kernel)
+                options.sparse_kernel.as_str()
             )
         })?;
-        // Each rewrite puts maskd's op (named here) where it proves the subgraph
-        // equivalent, and reports how many.
-        type Rewrite = fn(&mut TypedModel) -> TractResult<usize>;
-        let mut rewrites: Vec<(Rewrite, &str)> = vec![];
-        if !options.tract_resize {
-            rewrites.push((upsample::apply, "Upsample2d"));
-        }
-        if !options.tract_ops {
-            rewrites.extend([
-                (attention::apply as Rewrite, "Attention"),
-                (gelu::apply, "FastGelu"),
-                (layernorm::apply, "LayerNorm"),
-                (mulsum::apply, "MulSum"),
-            ]);
-        }
-        for (apply, op) in rewrites {
-            let n = apply(&mut typed)
-                .with_context(|| format!("{}: rewriting to {op}", shown.display()))?;
-            log::debug!("{}: {n} {op} nodes", shown.display());
-        }
+        ops::fuse(&mut typed, options.fusions, &shown.display().to_string())?;
         let typed = typed
             .into_optimized()
             .with_context(|| format!("{}: optimising the graph", shown.display()))?;

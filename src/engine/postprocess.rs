@@ -13,8 +13,8 @@
 //! changes; the work buffers and the masks' bit vectors are reused, so a steady stream of
 //! frames allocates nothing here.
 
-use crate::masks::{Mask, MaskSet, PromptId};
-use crate::source::Rect;
+use crate::contracts::Rect;
+use crate::contracts::{Mask, MaskSet, PromptId};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PostprocessError {

@@ -5,8 +5,8 @@
 //! loads and three stores. Letterbox bars are black pixels in the frame and go through
 //! like any other. Leaves out: scaling (the source delivers frames at the model size).
 
+use crate::contracts::FrameView;
 use crate::engine::manifest::ImageSpec;
-use crate::source::FrameView;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreprocessError {
@@ -120,7 +120,7 @@ impl Preprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Rect;
+    use crate::contracts::Rect;
 
     fn spec(w: u32, h: u32) -> ImageSpec {
         ImageSpec {

@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::contracts::PromptDirectory;
+use crate::contracts::PromptId;
 use crate::engine::text::{EncoderWorker, Request, Response, Tokenizer};
-use crate::masks::PromptId;
-use crate::publish::PromptDirectory;
 
 /// Longer prompt texts are refused before tokenizing (bounds the work a client can ask for).
 pub const MAX_PROMPT_BYTES: usize = 1024;
@@ -103,13 +103,30 @@ impl PromptRegistry {
     /// Blocks until every pinned prompt has its embedding (or failed), at most `timeout`.
     /// Returns true if all pinned prompts are ready.
     pub fn wait_for_pinned(&mut self, timeout: Duration) -> bool {
+        self.wait_until_encoded(timeout, |_, e| e.pinned)
+    }
+
+    /// Blocks until each of `ids` has its embedding (or failed), at most `timeout`.
+    /// Returns true if all of them are ready; an id that is not live is not ready.
+    pub fn wait_for(&mut self, ids: &[PromptId], timeout: Duration) -> bool {
+        self.wait_until_encoded(timeout, |id, _| ids.contains(&id))
+            && ids.iter().all(|id| self.entries.contains_key(id))
+    }
+
+    /// Blocks until no entry that `wanted` selects is pending, at most `timeout`; true if
+    /// every selected entry is ready.
+    fn wait_until_encoded(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(PromptId, &Entry) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             self.poll();
             let pending = self
                 .entries
-                .values()
-                .any(|e| e.pinned && e.embedding == Embedding::Pending);
+                .iter()
+                .any(|(&id, e)| wanted(id, e) && e.embedding == Embedding::Pending);
             if !pending {
                 break;
             }
@@ -127,9 +144,9 @@ impl PromptRegistry {
             }
         }
         self.entries
-            .values()
-            .filter(|e| e.pinned)
-            .all(|e| matches!(e.embedding, Embedding::Ready(_)))
+            .iter()
+            .filter(|(&id, e)| wanted(id, e))
+            .all(|(_, e)| matches!(e.embedding, Embedding::Ready(_)))
     }
 
     /// Changes whenever the runnable set changes (compare to know when to rebuild inputs).

@@ -165,7 +165,7 @@ impl Segmenter {
     }
 
     /// Which N:M layers of the graph run sparse.
-    pub fn sparse(&self) -> &crate::engine::sparse::SparseReport {
+    pub fn sparse(&self) -> &crate::engine::ops::nm_matmul::SparseReport {
         self.plan.sparse()
     }
 
@@ -182,9 +182,10 @@ impl Segmenter {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::contracts::FrameView;
+    use crate::engine::ops::Fusions;
     use crate::engine::preprocess::Preprocessor;
-    use crate::engine::testutil::{count_ops, max_abs_diff};
-    use crate::source::FrameView;
+    use crate::engine::test_util::{count_ops, max_abs_diff};
     use std::path::{Path, PathBuf};
 
     pub(crate) fn fixture_manifest() -> Manifest {
@@ -340,7 +341,10 @@ pub(crate) mod tests {
             assert_eq!(ops(seg, "Resize"), 0);
         });
         let options = PlanOptions {
-            tract_resize: true,
+            fusions: Fusions {
+                upsample: false,
+                ..PlanOptions::default().fusions
+            },
             ..PlanOptions::default()
         };
         let slow = run_shipped("models/default.toml", &options, |seg| {
@@ -355,7 +359,7 @@ pub(crate) mod tests {
     /// mask head's product and sum as one, and the result is what tract's own nodes give.
     #[test]
     fn default_model_fused_ops_match_tract() {
-        let expect = if crate::engine::attention::kernel::Kind::best().is_some() {
+        let expect = if crate::engine::ops::attention::kernel::Kind::best().is_some() {
             10
         } else {
             0
@@ -367,7 +371,10 @@ pub(crate) mod tests {
             assert_eq!(ops(seg, "RmsNorm"), 0);
         });
         let options = PlanOptions {
-            tract_ops: true,
+            fusions: Fusions {
+                fused_ops: false,
+                ..PlanOptions::default().fusions
+            },
             ..PlanOptions::default()
         };
         let tract = run_shipped("models/default.toml", &options, |seg| {

@@ -247,10 +247,11 @@ impl StageRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::Fusions;
     use crate::engine::preprocess::Preprocessor;
     use crate::engine::segmenter::tests::{fixture_manifest, fixture_rgb, frame};
     use crate::engine::segmenter::Segmenter;
-    use crate::engine::testutil::max_abs_diff;
+    use crate::engine::test_util::max_abs_diff;
     use std::path::Path;
 
     /// Pseudo-random unit vectors, deterministic.
@@ -457,10 +458,13 @@ mod tests {
         };
         let fast = run(&PlanOptions::default());
         let tract = run(&PlanOptions {
-            tract_ops: true,
+            fusions: Fusions {
+                fused_ops: false,
+                ..PlanOptions::default().fusions
+            },
             ..PlanOptions::default()
         });
-        let expect = if crate::engine::attention::kernel::Kind::best().is_some() {
+        let expect = if crate::engine::ops::attention::kernel::Kind::best().is_some() {
             8
         } else {
             0

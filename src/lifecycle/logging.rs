@@ -188,7 +188,7 @@ impl Log for StderrLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::test_child;
+    use crate::lifecycle::test_util;
     use std::time::Duration;
 
     fn line(style: Style, now: SystemTime, level: Level) -> String {
@@ -253,8 +253,8 @@ mod tests {
 
     #[test]
     fn logger_writes_journal_lines_and_follows_level_changes() {
-        let out = test_child::run("lifecycle::logging::tests::child_logger", |_| {});
-        test_child::assert_passed(&out);
+        let out = test_util::run("lifecycle::logging::tests::child_logger", |_| {});
+        test_util::assert_passed(&out);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("<6>maskd::source: first\n"), "{stderr}");
         assert!(
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     #[ignore = "runs in a child process (see logger_writes_journal_lines_and_follows_level_changes)"]
     fn child_logger() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         // Pretend systemd connected our stderr to the journal.
@@ -291,10 +291,10 @@ mod tests {
 
     #[test]
     fn plain_style_when_journal_stream_is_foreign() {
-        let out = test_child::run("lifecycle::logging::tests::child_plain", |cmd| {
+        let out = test_util::run("lifecycle::logging::tests::child_plain", |cmd| {
             cmd.env("JOURNAL_STREAM", "1:1");
         });
-        test_child::assert_passed(&out);
+        test_util::assert_passed(&out);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let line = stderr
             .lines()
@@ -306,7 +306,7 @@ mod tests {
     #[test]
     #[ignore = "runs in a child process (see plain_style_when_journal_stream_is_foreign)"]
     fn child_plain() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         assert_eq!(init(LevelFilter::Info), Style::Plain);

@@ -8,7 +8,7 @@ pub mod notify;
 pub mod signals;
 
 #[cfg(test)]
-mod test_child;
+mod test_util;
 
 pub use notify::Notifier;
 pub use signals::{SignalError, Signals};

@@ -130,7 +130,7 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::test_child;
+    use crate::lifecycle::test_util;
     use std::os::unix::net::UnixDatagram;
     use std::path::PathBuf;
 
@@ -176,12 +176,12 @@ mod tests {
     #[test]
     fn sends_states_and_rate_limits_the_watchdog() {
         let sock = NotifySocket::bind("states");
-        let out = test_child::run("lifecycle::notify::tests::child_notify", |cmd| {
+        let out = test_util::run("lifecycle::notify::tests::child_notify", |cmd| {
             cmd.env("NOTIFY_SOCKET", sock.path())
                 .env("WATCHDOG_USEC", "10000000")
                 .env_remove("WATCHDOG_PID");
         });
-        test_child::assert_passed(&out);
+        test_util::assert_passed(&out);
         let got = sock.drain();
         let want = [
             "READY=1\n",
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     #[ignore = "runs in a child process (see sends_states_and_rate_limits_the_watchdog)"]
     fn child_notify() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         let n = Notifier::from_env();
@@ -223,17 +223,17 @@ mod tests {
 
     #[test]
     fn without_notify_socket_nothing_is_sent() {
-        let out = test_child::run("lifecycle::notify::tests::child_no_socket", |cmd| {
+        let out = test_util::run("lifecycle::notify::tests::child_no_socket", |cmd| {
             cmd.env_remove("NOTIFY_SOCKET")
                 .env("WATCHDOG_USEC", "10000000");
         });
-        test_child::assert_passed(&out);
+        test_util::assert_passed(&out);
     }
 
     #[test]
     #[ignore = "runs in a child process (see without_notify_socket_nothing_is_sent)"]
     fn child_no_socket() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         let n = Notifier::from_env();
@@ -248,19 +248,19 @@ mod tests {
     #[test]
     fn watchdog_for_another_pid_is_ignored() {
         let sock = NotifySocket::bind("pid");
-        let out = test_child::run("lifecycle::notify::tests::child_other_pid", |cmd| {
+        let out = test_util::run("lifecycle::notify::tests::child_other_pid", |cmd| {
             cmd.env("NOTIFY_SOCKET", sock.path())
                 .env("WATCHDOG_USEC", "10000000")
                 .env("WATCHDOG_PID", "1");
         });
-        test_child::assert_passed(&out);
+        test_util::assert_passed(&out);
         assert_eq!(sock.drain(), vec!["READY=1\n".to_string()]);
     }
 
     #[test]
     #[ignore = "runs in a child process (see watchdog_for_another_pid_is_ignored)"]
     fn child_other_pid() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         let n = Notifier::from_env();

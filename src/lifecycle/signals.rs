@@ -89,12 +89,12 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::test_child;
+    use crate::lifecycle::test_util;
     use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn sigterm_sets_shutdown_and_a_second_one_exits() {
-        let out = test_child::run("lifecycle::signals::tests::child_sigterm_twice", |_| {});
+        let out = test_util::run("lifecycle::signals::tests::child_sigterm_twice", |_| {});
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("first SIGTERM noted"), "{stdout}");
         assert_eq!(
@@ -107,7 +107,7 @@ mod tests {
     #[test]
     #[ignore = "runs in a child process (see sigterm_sets_shutdown_and_a_second_one_exits)"]
     fn child_sigterm_twice() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         let signals = Signals::install().unwrap();
@@ -123,15 +123,15 @@ mod tests {
 
     #[test]
     fn sigint_and_sighup_set_their_flags() {
-        let out = test_child::run("lifecycle::signals::tests::child_sigint_sighup", |_| {});
-        test_child::assert_passed(&out);
+        let out = test_util::run("lifecycle::signals::tests::child_sigint_sighup", |_| {});
+        test_util::assert_passed(&out);
         assert!(out.status.signal().is_none());
     }
 
     #[test]
     #[ignore = "runs in a child process (see sigint_and_sighup_set_their_flags)"]
     fn child_sigint_sighup() {
-        if !test_child::in_child() {
+        if !test_util::in_child() {
             return;
         }
         let signals = Signals::install().unwrap();

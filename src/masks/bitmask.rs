@@ -59,7 +59,7 @@ pub fn decode(data: &[u8], width: u32, height: u32, out: &mut Vec<u8>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masks::test_masks::mask_strategy;
+    use crate::masks::test_util::mask_strategy;
     use proptest::prelude::*;
 
     #[test]

@@ -1,19 +1,17 @@
-//! Masks: the engine's output types and their encodings for the wire.
+//! Masks: their encodings for the wire.
 //!
-//! Owns the `Mask`/`MaskSet` types and the pure encode/decode functions
-//! (row-major varint RLE, COCO RLE, bitmask). Knows nothing of sockets.
+//! Owns the pure encode/decode functions (row-major varint RLE, COCO RLE, bitmask) of
+//! the engine's masks (`crate::contracts::Mask`). Knows nothing of sockets.
 //! Encoders append to a caller's reused buffer; decoders clear and fill one.
 
 pub mod bitmask;
 pub mod coco;
 mod error;
-mod mask;
 pub mod rle;
 #[cfg(test)]
-pub(crate) mod test_masks;
+pub(crate) mod test_util;
 
 pub use error::{DecodeError, EncodeError, MAX_PIXELS};
-pub use mask::{Mask, MaskSet, PromptId};
 
 use crate::config::MaskEncoding;
 

@@ -105,7 +105,7 @@ pub fn read_varint(data: &[u8]) -> Result<(u64, usize), VarintError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masks::test_masks::mask_strategy;
+    use crate::masks::test_util::mask_strategy;
     use proptest::prelude::*;
 
     fn enc(bits: &[u8], w: u32, h: u32) -> Vec<u8> {

@@ -15,7 +15,8 @@ use nix::errno::Errno;
 use super::sock;
 use super::wire::{self, ErrorCode, FrameHeader, ServerMessage, WireError};
 use crate::config::MaskEncoding;
-use crate::masks::{self, DecodeError, PromptId};
+use crate::contracts::PromptId;
+use crate::masks::{self, DecodeError};
 
 /// How long `subscribe`, `unsubscribe` and `ping` wait for their reply by default.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -20,9 +20,10 @@ use super::sndbuf::QueueSizer;
 use super::sock;
 use super::subscriber::{Delivery, Subscriber};
 use super::wire::{self, Control, ErrorCode, FrameHeader, WireError};
-use super::PromptDirectory;
 use crate::config::{MaskEncoding, PublishConfig};
-use crate::masks::{self, MaskSet, PromptId};
+use crate::contracts::PromptDirectory;
+use crate::contracts::{MaskSet, PromptId};
+use crate::masks;
 
 /// New connections accepted per `service` call, so a connection storm cannot stall a frame.
 const MAX_ACCEPTS_PER_SERVICE: usize = 16;

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use super::sndbuf::QueueSizer;
 use super::sock;
 use crate::config::MaskEncoding;
-use crate::masks::PromptId;
+use crate::contracts::PromptId;
 
 /// What became of one frame for one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

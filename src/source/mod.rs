@@ -28,7 +28,6 @@
 //! waiting happens in [`Source::next_frame`], on the caller's thread.
 
 mod backoff;
-mod frame;
 mod geometry;
 mod pipeline;
 
@@ -43,7 +42,7 @@ use gstreamer as gst;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-pub use frame::{FrameView, Rect};
+use crate::contracts::{FrameView, Rect};
 
 use crate::config::SourceConfig;
 use backoff::Backoff;

@@ -6,4 +6,5 @@ mod util;
 
 mod cli_errors;
 mod daemon;
+mod layout;
 mod sparsify;

@@ -11,8 +11,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::contracts::PromptId;
 use crate::engine::text::encoder::TextEncoder;
-use crate::masks::PromptId;
 
 /// Requests (and results) buffered between the registry and the worker.
 pub const QUEUE_DEPTH: usize = 4;

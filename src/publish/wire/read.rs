@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::MaskEncoding;
-use crate::masks::PromptId;
+use crate::contracts::PromptId;
 
 /// Bounds-checked little-endian reads over one message.
 struct Reader<'a> {

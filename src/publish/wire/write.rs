@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::MaskEncoding;
-use crate::masks::PromptId;
+use crate::contracts::PromptId;
 
 /// Clears `out` and writes the 8-byte prefix.
 pub fn write_prefix(out: &mut Vec<u8>, ty: MessageType) {

@@ -1,0 +1,616 @@
+//! `maskd bench`: end-to-end speed and memory of one or more models, side by side.
+//!
+//! Each variant (a manifest, optionally with a `sparse_kernel` mode) runs in its own
+//! child process so its RSS is its own, and the variants take turns round after round
+//! so that drift on a shared machine hits them alike; the ratios are of medians over
+//! rounds. A frame is exactly the daemon's per-frame work (`Engine::infer_sized`:
+//! preprocessing, the segmenter plan, postprocessing, mask encoding into the reused
+//! `MaskSet`) on a still image, with the prompts already encoded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::alloc;
+use crate::config::{EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
+use crate::contracts::FrameView;
+use crate::contracts::MaskSet;
+use crate::engine::profile::OpRow;
+use crate::engine::Engine;
+
+pub mod interleave;
+
+/// Arguments of `maskd bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Model manifest; repeat to compare (ratios are against the first).
+    #[arg(
+        long = "manifest",
+        value_name = "TOML",
+        default_value = "models/default.toml"
+    )]
+    pub manifests: Vec<PathBuf>,
+    /// How N:M layers run, per variant: one value for all, or one per --manifest.
+    #[arg(long = "sparse-kernel", value_enum, value_name = "MODE")]
+    pub sparse_kernels: Vec<SparseKernel>,
+    /// Threads for tract's matmuls.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Prompts run on every frame.
+    #[arg(long = "prompt", value_name = "TEXT", default_values_t = ["red circle".to_string(), "blue square".to_string(), "yellow star".to_string()])]
+    pub prompts: Vec<String>,
+    /// Image fed as every frame (stretched to the model's input size).
+    #[arg(long, default_value = "models/eval/images/0000.jpg")]
+    pub image: PathBuf,
+    /// Timed frames per round (after 3 warm-up frames).
+    #[arg(long, default_value_t = 20)]
+    pub frames: usize,
+    /// Rounds; each variant runs once per round, in turn.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// After the timed frames, time every operator of the segmenter plan over as many
+    /// frames again and print where each variant's frame goes (the timed figures are
+    /// taken without it).
+    #[arg(long)]
+    pub profile: bool,
+    /// With --profile: a row per graph node instead of per operator kind.
+    #[arg(long, requires = "profile")]
+    pub per_node: bool,
+    /// Load every variant in this process and alternate frames between them: tighter
+    /// speed ratios on a machine whose speed drifts, no per-variant memory figures.
+    #[arg(long, conflicts_with = "profile")]
+    pub interleave: bool,
+    /// Internal: run one variant in this process and print its JSON line.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+/// One variant's result in one round (what a child prints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundResult {
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    /// Heap allocations per frame in steady state (the daemon's hot path); `None`
+    /// when the counting allocator is not installed (library use).
+    pub allocs_per_frame: Option<f64>,
+    /// Resident set after the timed frames, and its peak, in bytes.
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub load_s: f64,
+    /// `--profile`: median frame time while profiling and the plan's operators.
+    #[serde(default)]
+    pub profile: Option<ProfileResult>,
+}
+
+/// Where one variant's frame goes (`--profile`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileResult {
+    /// Mean over the profiled frames, like the operators' times (a median here would
+    /// not add up with them on a machine whose speed drifts).
+    pub frame_ms: f64,
+    pub ops: Vec<OpRow>,
+}
+
+/// The speed and size figures every bench table starts with (both modes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Speed {
+    pub manifest: PathBuf,
+    pub sparse_kernel: SparseKernel,
+    /// Bytes of the segmenter's files on disk (its graph and external weights).
+    pub model_bytes: u64,
+    pub median_ms: f64,
+    pub fps: f64,
+    /// Against the first variant: [`paired_ratio`] of their frame times.
+    pub fps_ratio: f64,
+    pub model_bytes_ratio: f64,
+}
+
+impl Speed {
+    /// The figures of one variant; ratios are 1 until [`Speed::against`] sets them.
+    fn new(manifest: &Path, kernel: SparseKernel, median_ms: f64) -> anyhow::Result<Speed> {
+        Ok(Speed {
+            manifest: manifest.to_path_buf(),
+            sparse_kernel: kernel,
+            model_bytes: model_bytes(manifest)?,
+            median_ms,
+            fps: 1e3 / median_ms.max(1e-9),
+            fps_ratio: 1.0,
+            model_bytes_ratio: 1.0,
+        })
+    }
+
+    /// Sets the ratios against the first variant, `base_bytes` being its model size.
+    fn against(&mut self, base_bytes: u64, fps_ratio: f64) {
+        self.fps_ratio = fps_ratio;
+        self.model_bytes_ratio = self.model_bytes as f64 / base_bytes.max(1) as f64;
+    }
+
+    /// The cells under [`speed_header`].
+    fn cells(&self) -> String {
+        format!(
+            "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
+            self.manifest.display().to_string(),
+            format!("{:?}", self.sparse_kernel).to_lowercase(),
+            self.median_ms,
+            self.fps,
+            self.fps_ratio,
+            self.model_bytes as f64 / 1e6,
+            self.model_bytes_ratio
+        )
+    }
+}
+
+/// A variant's summary over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantSummary {
+    #[serde(flatten)]
+    pub speed: Speed,
+    pub allocs_per_frame: Option<f64>,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub rounds: Vec<RoundResult>,
+}
+
+/// Runs `maskd bench`.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.child {
+        let manifest = args
+            .manifests
+            .first()
+            .context("bench --child needs one --manifest")?;
+        let kernel = args
+            .sparse_kernels
+            .first()
+            .copied()
+            .unwrap_or(SparseKernel::Auto);
+        let result = run_variant(args, manifest, kernel)?;
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let kernels = kernels_per_variant(args)?;
+    if args.interleave {
+        let rows = interleave::run(args, &kernels)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            interleave::print(args, &rows);
+        }
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding the maskd executable")?;
+    let mut rounds: Vec<Vec<RoundResult>> = vec![Vec::new(); args.manifests.len()];
+    for round in 0..args.rounds.max(1) {
+        for i in turn_order(args.manifests.len(), round) {
+            let manifest = &args.manifests[i];
+            eprintln!(
+                "bench: round {}/{} {} ({:?})",
+                round + 1,
+                args.rounds.max(1),
+                manifest.display(),
+                kernels[i]
+            );
+            rounds[i].push(run_child(&exe, args, manifest, kernels[i])?);
+        }
+    }
+    let summaries = summarise(args, &kernels, rounds)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
+    } else {
+        print_table(args, &summaries);
+        if args.profile {
+            print_profiles(&summaries);
+        }
+    }
+    Ok(())
+}
+
+fn kernels_per_variant(args: &BenchArgs) -> anyhow::Result<Vec<SparseKernel>> {
+    let n = args.manifests.len();
+    match args.sparse_kernels.len() {
+        0 => Ok(vec![SparseKernel::Auto; n]),
+        1 => Ok(vec![args.sparse_kernels[0]; n]),
+        k if k == n => Ok(args.sparse_kernels.clone()),
+        k => bail!(
+            "--sparse-kernel given {k} times for {n} --manifest: give one, or one per manifest"
+        ),
+    }
+}
+
+fn run_child(
+    exe: &Path,
+    args: &BenchArgs,
+    manifest: &Path,
+    kernel: SparseKernel,
+) -> anyhow::Result<RoundResult> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench")
+        .arg("--child")
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--sparse-kernel")
+        .arg(format!("{kernel:?}").to_lowercase())
+        .arg("--threads")
+        .arg(args.threads.to_string())
+        .arg("--image")
+        .arg(&args.image)
+        .arg("--frames")
+        .arg(args.frames.to_string());
+    if args.profile {
+        cmd.arg("--profile");
+    }
+    if args.per_node {
+        cmd.arg("--per-node");
+    }
+    for p in &args.prompts {
+        cmd.arg("--prompt").arg(p);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            manifest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("bench child printed {line:?}"))
+}
+
+/// A variant loaded in this process, prompts encoded, fed a still image.
+pub(crate) struct Loaded {
+    engine: Engine,
+    image: image::RgbImage,
+    source: (u32, u32),
+    masks: MaskSet,
+    load_s: f64,
+}
+
+impl Loaded {
+    /// Loads `manifest`, encodes the prompts and runs 3 warm-up frames.
+    pub(crate) fn new(
+        args: &BenchArgs,
+        manifest: &Path,
+        kernel: SparseKernel,
+    ) -> anyhow::Result<Loaded> {
+        let load_start = Instant::now();
+        let cfg = EngineConfig {
+            manifest: manifest.to_owned(),
+            threads: args.threads.max(1),
+            sparse_kernel: kernel,
+            fused_ops: true,
+        };
+        let prompts = PromptsConfig {
+            text: args.prompts.clone(),
+            mask_threshold: None,
+            score_threshold: None,
+            max_prompts: DEFAULT_MAX_PROMPTS.max(args.prompts.len()),
+        };
+        let mut engine = Engine::load(&cfg, &prompts)?;
+        if !engine.wait_for_prompts(Duration::from_secs(120)) {
+            bail!("the prompts were not encoded within 120 s");
+        }
+        let load_s = load_start.elapsed().as_secs_f64();
+        let (w, h) = engine.input_size();
+        let image = image::open(&args.image)
+            .with_context(|| format!("--image {}", args.image.display()))?
+            .to_rgb8();
+        let source = (image.width(), image.height());
+        let image = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
+        let mut loaded = Loaded {
+            engine,
+            image,
+            source,
+            masks: MaskSet::default(),
+            load_s,
+        };
+        for seq in 0..3 {
+            loaded.frame(seq)?;
+        }
+        Ok(loaded)
+    }
+
+    /// One frame of the daemon's per-frame work; returns its wall time in ms.
+    pub(crate) fn frame(&mut self, seq: u64) -> anyhow::Result<f64> {
+        let (w, h) = (self.image.width(), self.image.height());
+        let view = FrameView::still(seq, self.image.as_raw(), w, h, self.source);
+        let start = Instant::now();
+        self.engine
+            .infer_sized(&view, (160, 120), &mut self.masks)?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+/// One variant in this process: load, encode prompts, warm up, time `frames` frames.
+fn run_variant(
+    args: &BenchArgs,
+    manifest: &Path,
+    kernel: SparseKernel,
+) -> anyhow::Result<RoundResult> {
+    let mut v = Loaded::new(args, manifest, kernel)?;
+    let mut times = Vec::with_capacity(args.frames);
+    let allocs_before = alloc::count();
+    for seq in 0..args.frames.max(1) as u64 {
+        times.push(v.frame(3 + seq)?);
+    }
+    let allocs = alloc::count()
+        .zip(allocs_before)
+        .map(|(after, before)| (after - before) as f64 / args.frames.max(1) as f64);
+    let (rss_bytes, peak_rss_bytes) = rss();
+    let profile = if args.profile {
+        v.engine.enable_profile(args.per_node);
+        let mut frame_times = Vec::with_capacity(args.frames);
+        for seq in 0..args.frames.max(1) as u64 {
+            frame_times.push(v.frame(1000 + seq)?);
+        }
+        Some(ProfileResult {
+            frame_ms: frame_times.iter().sum::<f64>() / frame_times.len().max(1) as f64,
+            ops: v.engine.profile().map(|p| p.rows()).unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+    Ok(RoundResult {
+        median_ms: percentile(&mut times, 0.5),
+        p90_ms: percentile(&mut times, 0.9),
+        allocs_per_frame: allocs,
+        rss_bytes,
+        peak_rss_bytes,
+        load_s: v.load_s,
+        profile,
+    })
+}
+
+fn summarise(
+    args: &BenchArgs,
+    kernels: &[SparseKernel],
+    rounds: Vec<Vec<RoundResult>>,
+) -> anyhow::Result<Vec<VariantSummary>> {
+    let mut out: Vec<VariantSummary> = Vec::new();
+    for ((manifest, kernel), rounds) in args.manifests.iter().zip(kernels).zip(rounds) {
+        let mut medians: Vec<f64> = rounds.iter().map(|r| r.median_ms).collect();
+        let median_ms = percentile(&mut medians, 0.5);
+        let mut allocs: Vec<f64> = rounds.iter().filter_map(|r| r.allocs_per_frame).collect();
+        out.push(VariantSummary {
+            speed: Speed::new(manifest, *kernel, median_ms)?,
+            allocs_per_frame: (!allocs.is_empty()).then(|| percentile(&mut allocs, 0.5)),
+            rss_bytes: rounds.iter().map(|r| r.rss_bytes).max().unwrap_or(0),
+            peak_rss_bytes: rounds.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
+            rounds,
+        });
+    }
+    if let Some((base_ms, base_bytes)) = out.first().map(|b| (round_ms(b), b.speed.model_bytes)) {
+        for v in &mut out {
+            let ratio = paired_ratio(&base_ms, &round_ms(v));
+            v.speed.against(base_bytes, ratio);
+        }
+    }
+    Ok(out)
+}
+
+/// The order variants take their turn `n`: reversed on odd turns, so that none always
+/// goes first.
+fn turn_order(variants: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..variants).collect();
+    if n % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+fn round_ms(v: &VariantSummary) -> Vec<f64> {
+    v.rounds.iter().map(|r| r.median_ms).collect()
+}
+
+/// Speed of `variant` relative to `base`: the median over rounds (or interleaved
+/// frames) of the two variants' ratio in that round. Rounds run the variants back to back, so a shift of the shared
+/// machine's speed between rounds (seen here as bimodal round medians, ±30 %) cancels
+/// within each pair instead of landing on whichever variant it happened to hit.
+fn paired_ratio(base: &[f64], variant: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = base
+        .iter()
+        .zip(variant)
+        .map(|(b, v)| b / v.max(1e-9))
+        .collect();
+    if ratios.is_empty() {
+        return 1.0;
+    }
+    percentile(&mut ratios, 0.5)
+}
+
+/// `--profile`: for each variant, its operators' time per frame (last round), largest
+/// first, and what the frame spends outside the plan (pre- and postprocessing, encoding).
+fn print_profiles(rows: &[VariantSummary]) {
+    for r in rows {
+        let Some(p) = r.rounds.last().and_then(|round| round.profile.as_ref()) else {
+            continue;
+        };
+        println!(
+            "\nprofile: {} ({}), {:.1} ms/frame while profiled (means)",
+            r.speed.manifest.display(),
+            format!("{:?}", r.speed.sparse_kernel).to_lowercase(),
+            p.frame_ms
+        );
+        // Rows under 0.5 % of the frame are summed into the plan total only.
+        let shown = |ms: f64| ms >= 0.005 * p.frame_ms;
+        let w = p
+            .ops
+            .iter()
+            .filter(|op| shown(op.ms_per_run))
+            .map(|op| op.op.len())
+            .max()
+            .unwrap_or(0)
+            .max(28);
+        println!(
+            "  {:<w$} {:>9} {:>8} {:>8}",
+            "operator", "ms/frame", "% frame", "nodes"
+        );
+        let mut in_plan = 0.0;
+        for op in &p.ops {
+            in_plan += op.ms_per_run;
+            if shown(op.ms_per_run) {
+                println!(
+                    "  {:<w$} {:>9.2} {:>8.1} {:>8.0}",
+                    op.op,
+                    op.ms_per_run,
+                    100.0 * op.ms_per_run / p.frame_ms.max(1e-9),
+                    op.nodes_per_run
+                );
+            }
+        }
+        let outside = (p.frame_ms - in_plan).max(0.0);
+        println!(
+            "  {:<w$} {:>9.2} {:>8.1}",
+            "(outside the plan)",
+            outside,
+            100.0 * outside / p.frame_ms.max(1e-9)
+        );
+    }
+}
+
+fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
+    println!(
+        "{} frames x {} rounds, {} thread(s), {} prompt(s); medians; x fps: median of per-round ratios vs the first row",
+        args.frames,
+        args.rounds.max(1),
+        args.threads.max(1),
+        args.prompts.len()
+    );
+    println!(
+        "{} {:>10} {:>10} {:>8}",
+        speed_header(),
+        "RSS MB",
+        "peak MB",
+        "allocs/f"
+    );
+    for r in rows {
+        println!(
+            "{} {:>10.1} {:>10.1} {:>8}",
+            r.speed.cells(),
+            r.rss_bytes as f64 / 1e6,
+            r.peak_rss_bytes as f64 / 1e6,
+            r.allocs_per_frame
+                .map_or_else(|| "n/a".to_string(), |a| format!("{a:.1}"))
+        );
+    }
+}
+
+/// The columns every bench table starts with (see [`Speed::cells`]).
+fn speed_header() -> String {
+    format!(
+        "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7}",
+        "manifest", "kernel", "ms/frame", "fps", "x fps", "model MB", "x size"
+    )
+}
+
+/// Bytes on disk of the segmenter graph and of the external-data files beside it
+/// (`*.bin`, `*.data`), which is where exported weights live.
+fn model_bytes(manifest: &Path) -> anyhow::Result<u64> {
+    let m = crate::engine::Manifest::load(manifest)?;
+    let graph = &m.segmenter.model;
+    let mut total = std::fs::metadata(graph)
+        .with_context(|| format!("{}", graph.display()))?
+        .len();
+    if let Some(dir) = graph.parent() {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "bin" || ext == "data" {
+                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Nearest-rank percentile; sorts `v`.
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let ix = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[ix]
+}
+
+/// (VmRSS, VmHWM) of this process in bytes, 0 where /proc is unavailable.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_pairs_rounds() {
+        // A slow machine state in rounds 2 and 3 hits both variants: the paired ratio
+        // stays 2, the ratio of the two medians would not.
+        let base = [100.0, 200.0, 200.0, 100.0, 100.0];
+        let fast = [50.0, 100.0, 100.0, 50.0, 100.0];
+        assert_eq!(paired_ratio(&base, &fast), 2.0);
+        assert_eq!(paired_ratio(&[], &[]), 1.0);
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&mut v, 0.5), 3.0);
+        assert_eq!(percentile(&mut v, 0.9), 5.0);
+        assert!(percentile(&mut [], 0.5).is_nan());
+    }
+
+    #[test]
+    fn rss_reads_proc() {
+        let (rss, peak) = rss();
+        assert!(rss > 0, "VmRSS not read");
+        assert!(peak >= rss, "peak {peak} below current {rss}");
+    }
+
+    #[test]
+    fn kernels_are_one_or_one_per_manifest() {
+        let mut args = BenchArgs {
+            manifests: vec!["a.toml".into(), "b.toml".into()],
+            sparse_kernels: vec![],
+            threads: 1,
+            prompts: vec![],
+            image: "x.jpg".into(),
+            frames: 1,
+            rounds: 1,
+            json: false,
+            profile: false,
+            per_node: false,
+            interleave: false,
+            child: false,
+        };
+        assert_eq!(
+            kernels_per_variant(&args).ok(),
+            Some(vec![SparseKernel::Auto; 2])
+        );
+        args.sparse_kernels = vec![SparseKernel::Dense, SparseKernel::Sparse];
+        assert_eq!(
+            kernels_per_variant(&args).ok(),
+            Some(vec![SparseKernel::Dense, SparseKernel::Sparse])
+        );
+        args.sparse_kernels = vec![SparseKernel::Dense; 3];
+        assert!(kernels_per_variant(&args).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! N:M-sparse matmuls inside tract plans (format and kernels: `crates/maskd-sparse`,
+//! spec: `docs/SPARSE.md`).
+//!
+//! * `op.rs`: the tract op `maskd.NmMatMul`, weights packed once, run per frame;
+//! * `onnx.rs`: reading `NmMatMul` nodes (domain `maskd`) from ONNX;
+//! * `bias.rs`: folding the bias `Add` after an `NmMatMul` into it;
+//! * `act.rs`: fusing the GELU after an `NmMatMul` into it;
+//! * `residual.rs`: fusing the residual `Add` after an `NmMatMul` into it;
+//! * `rewrite.rs`: applying `engine.sparse_kernel` to a loaded graph (decompress, keep,
+//!   or turn dense matmuls whose weights obey 2:4 into `NmMatMul`) and the report of
+//!   which layers run sparse.
+//!
+//! Leaves out: pruning and writing sparse models (`maskd sparsify`).
+
+mod act;
+mod bias;
+mod onnx;
+mod op;
+mod residual;
+mod rewrite;
+
+#[cfg(test)]
+mod tests;
+
+pub use onnx::{register, DOMAIN};
+pub use op::NmMatMul;
+pub use rewrite::{apply, SparseLayer, SparseReport};

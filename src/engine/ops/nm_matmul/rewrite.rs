@@ -1,0 +1,330 @@
+//! Applying `engine.sparse_kernel` to a typed, decluttered graph, and reporting the result.
+//!
+//! Two kinds of layer can run sparse: `maskd.NmMatMul` nodes (weights stored compressed)
+//! and plain matmuls (`EinSum` `...k,kn->...n`, from ONNX `MatMul`) whose constant weight
+//! already obeys 2:4 (a model pruned but exported dense). The mode decides:
+//!
+//! | mode | `NmMatMul` | dense matmul obeying 2:4 |
+//! |---|---|---|
+//! | `dense` | decompressed to a constant matmul | left dense |
+//! | `sparse` | kept, whatever kernel runs it (the scalar `generic` one included) | rewritten to `NmMatMul` |
+//! | `auto` | kept if a SIMD kernel covers its pattern, else decompressed | rewritten if a SIMD kernel covers 2:4 |
+//!
+//! `auto` stays dense where only the scalar kernel would run, because tract's dense
+//! matmul beats it; `sparse` is there to force the sparse path (A/B runs, testing the
+//! fallback) and never fails for want of a qualifying layer. Only 2:4 is looked for in
+//! dense weights: it is the pattern `maskd sparsify` writes and the one the x86 kernels
+//! are tuned for; looking for every N:M would turn any small matrix into a candidate.
+//!
+//! Leaves out: the op itself (`op.rs`) and ONNX parsing (`onnx.rs`).
+
+use std::fmt::Write as _;
+
+use maskd_sparse::{KernelKind, NmMatrix, NmPattern};
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+
+use super::op::NmMatMul;
+use crate::config::SparseKernel;
+
+/// Dense matmuls with a shorter `K` are never rewritten: with fewer than two groups an
+/// unpruned matrix can obey 2:4 by accident, and there is nothing to gain.
+const MIN_REWRITE_K: usize = 8;
+
+/// One layer the plan runs with the sparse kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseLayer {
+    /// The graph node's name.
+    pub name: String,
+    pub pattern: NmPattern,
+    pub k: usize,
+    pub n: usize,
+    /// The precise kernel, e.g. `avx2_spmm24_f32_4x16`.
+    pub kernel: String,
+}
+
+/// Which N:M layers of a plan run sparse and which run dense.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SparseReport {
+    pub sparse: Vec<SparseLayer>,
+    /// Names of N:M layers (compressed, or dense obeying 2:4) that run dense.
+    pub dense: Vec<String>,
+}
+
+impl SparseReport {
+    /// Lists the `NmMatMul` nodes of `model` (in node order) beside the `dense` names.
+    pub fn new(model: &TypedModel, dense: Vec<String>) -> SparseReport {
+        let sparse = model
+            .nodes()
+            .iter()
+            .filter_map(|node| {
+                let op = node.op_as::<NmMatMul>()?;
+                Some(SparseLayer {
+                    name: node.name.clone(),
+                    pattern: op.matrix().pattern(),
+                    k: op.k(),
+                    n: op.n(),
+                    kernel: op.kernel_name().to_owned(),
+                })
+            })
+            .collect();
+        SparseReport { sparse, dense }
+    }
+
+    /// One line: `12 layers 2:4 sparse (avx2_spmm24_f32_4x16), 0 dense`; patterns or
+    /// kernels that differ get one `N layers P sparse (kernel)` part each.
+    pub fn summary(&self) -> String {
+        let mut groups: Vec<(NmPattern, &str, usize)> = Vec::new();
+        for l in &self.sparse {
+            match groups
+                .iter_mut()
+                .find(|(p, k, _)| *p == l.pattern && *k == l.kernel)
+            {
+                Some(g) => g.2 += 1,
+                None => groups.push((l.pattern, &l.kernel, 1)),
+            }
+        }
+        let mut s = String::new();
+        if groups.is_empty() {
+            s.push_str("0 layers sparse");
+        }
+        for (i, (pattern, kernel, count)) in groups.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let layers = if *count == 1 { "layer" } else { "layers" };
+            let _ = write!(s, "{sep}{count} {layers} {pattern} sparse ({kernel})");
+        }
+        let _ = write!(s, ", {} dense", self.dense.len());
+        s
+    }
+}
+
+/// Applies `mode` to `model` (typed; decluttered, so matmuls are `EinSum`s with their
+/// weights as constants). Returns the names of the N:M layers left or made dense.
+pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<String>> {
+    // The selected kernel family; a bad MASKD_SPARSE_KERNEL fails here, at load.
+    let family = match mode {
+        SparseKernel::Dense => KernelKind::Generic,
+        _ => maskd_sparse::selected()?,
+    };
+    if mode != SparseKernel::Dense {
+        for e in maskd_sparse::skipped_kernels() {
+            log::warn!("{e}; running on a slower kernel");
+        }
+    }
+    let simd = |p: NmPattern| family != KernelKind::Generic && family.supports(p);
+    let keep_sparse = |p: NmPattern| match mode {
+        SparseKernel::Dense => false,
+        SparseKernel::Sparse => true,
+        SparseKernel::Auto => simd(p),
+    };
+    let mut dense = Vec::new();
+    for id in model.eval_order()? {
+        let name = model.node(id).name.clone();
+        if let Some(op) = model.node(id).op_as::<NmMatMul>().cloned() {
+            if !keep_sparse(op.matrix().pattern()) {
+                densify(model, id, &op).with_context(|| format!("node `{name}`: decompressing"))?;
+                dense.push(name);
+            }
+        } else if let Some(c) = obeying_matmul(model, id)? {
+            if keep_sparse(NmPattern::TWO_FOUR) {
+                let matrix = NmMatrix::from_dense_checked(&c.w, c.k, c.n, NmPattern::TWO_FOUR)?;
+                let op = NmMatMul::new(matrix, None)?;
+                replace(model, id, op, &c)
+                    .with_context(|| format!("node `{name}`: rewriting to NmMatMul"))?;
+            } else {
+                dense.push(name);
+            }
+        }
+    }
+    let folded = super::bias::fold(model)?;
+    log::debug!("{folded} bias additions folded into NmMatMul");
+    let fused = super::act::fold(model)?;
+    log::debug!("{fused} GELUs fused into NmMatMul");
+    let fused = super::residual::fold(model)?;
+    log::debug!("{fused} residual additions fused into NmMatMul");
+    Ok(dense)
+}
+
+/// A dense matmul the rewrite can replace.
+struct Candidate {
+    /// The data input.
+    x: OutletId,
+    /// The weight, row-major `W[K, N]`.
+    w: Vec<f32>,
+    k: usize,
+    n: usize,
+    layout: Layout,
+}
+
+/// Unit axes that decluttering moved into or out of the matmul: `NmMatMul` keeps the
+/// leading dims of its input, so these are removed before it and added after it.
+#[derive(Default)]
+struct Layout {
+    /// Unit axes only the data input has, positions in the data input, descending.
+    drop: Vec<usize>,
+    /// Unit axes only the output has, positions in the output, ascending.
+    add: Vec<usize>,
+}
+
+/// If node `id` is an f32 `EinSum` `...k,kn->...n` (or `...k,nk->...n`) whose weight is a
+/// constant obeying 2:4 with `K >= MIN_REWRITE_K`: what replacing it needs.
+fn obeying_matmul(model: &TypedModel, id: usize) -> TractResult<Option<Candidate>> {
+    let node = model.node(id);
+    let Some(op) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let facts = model.node_input_facts(id)?;
+    let w_slot = match (facts[0].konst.is_some(), facts[1].konst.is_some()) {
+        (false, true) => 1,
+        (true, false) => 0,
+        _ => return Ok(None),
+    };
+    let d_slot = 1 - w_slot;
+    let (Some(weight), data) = (facts[w_slot].konst.clone(), facts[d_slot]) else {
+        return Ok(None);
+    };
+    if weight.datum_type() != f32::datum_type()
+        || weight.rank() != 2
+        || data.datum_type != f32::datum_type()
+        || data.rank() == 0
+    {
+        return Ok(None);
+    }
+    let output = &node.outputs[0].fact;
+    let Some((k_pos, n_pos, layout)) = matmul_axes(&op.axes, d_slot, w_slot, data, output)? else {
+        return Ok(None);
+    };
+    let (k, n) = (weight.shape()[k_pos], weight.shape()[n_pos]);
+    if k < MIN_REWRITE_K || n == 0 {
+        return Ok(None);
+    }
+    let raw = weight.try_as_plain_ram()?.as_slice::<f32>()?;
+    let w: Vec<f32> = if k_pos == 0 {
+        raw.to_vec()
+    } else {
+        (0..k * n).map(|i| raw[(i % n) * k + i / n]).collect()
+    };
+    if NmPattern::TWO_FOUR.check(&w, k, n).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(Candidate {
+        x: node.inputs[d_slot],
+        w,
+        k,
+        n,
+        layout,
+    }))
+}
+
+/// For a two-input mapping: `Some((k position, n position) in the weight, layout)` when
+/// the data input's last axis is contracted with one weight axis, the other weight axis
+/// is the output's last, and every other axis is in neither the weight nor the
+/// contraction: either in both data and output (same relative order) or a unit axis in
+/// only one of them.
+fn matmul_axes(
+    axes: &AxesMapping,
+    d: usize,
+    w: usize,
+    data: &TypedFact,
+    output: &TypedFact,
+) -> TractResult<Option<(usize, usize, Layout)>> {
+    let (d_rank, o_rank) = (data.rank(), output.rank());
+    if axes.input_count() != 2 || axes.output_count() != 1 || o_rank == 0 {
+        return Ok(None);
+    }
+    let k_axis = axes.axis((InOut::In(d), d_rank - 1))?;
+    let n_axis = axes.axis((InOut::Out(0), o_rank - 1))?;
+    let once = |v: &[usize]| (v.len() == 1).then(|| v[0]);
+    let (Some(k_pos), Some(n_pos)) = (once(&k_axis.inputs[w]), once(&n_axis.inputs[w])) else {
+        return Ok(None);
+    };
+    if k_axis.inputs[d].len() != 1
+        || !k_axis.outputs[0].is_empty()
+        || !n_axis.inputs[d].is_empty()
+        || k_pos == n_pos
+    {
+        return Ok(None);
+    }
+    let unit = |f: &TypedFact, i: usize| f.shape[i].is_one();
+    let mut layout = Layout::default();
+    let mut passed = Vec::new(); // output positions of the pass-through axes, data order
+    for i in 0..d_rank - 1 {
+        let a = axes.axis((InOut::In(d), i))?;
+        if a.inputs[d].len() != 1 || !a.inputs[w].is_empty() || a.outputs[0].len() > 1 {
+            return Ok(None);
+        }
+        match a.outputs[0].first() {
+            Some(&o) => passed.push(o),
+            None if unit(data, i) => layout.drop.push(i),
+            None => return Ok(None),
+        }
+    }
+    if passed.windows(2).any(|p| p[0] >= p[1]) {
+        return Ok(None);
+    }
+    for o in 0..o_rank - 1 {
+        if passed.contains(&o) {
+            continue;
+        }
+        let a = axes.axis((InOut::Out(0), o))?;
+        if !(a.inputs[d].is_empty() && a.inputs[w].is_empty() && unit(output, o)) {
+            return Ok(None);
+        }
+        layout.add.push(o);
+    }
+    layout.drop.reverse();
+    Ok(Some((k_pos, n_pos, layout)))
+}
+
+/// Replaces node `id` by an `NmMatMul` running `c`, keeping the node's name.
+fn replace(model: &mut TypedModel, id: usize, op: NmMatMul, c: &Candidate) -> TractResult<()> {
+    let name = model.node(id).name.clone();
+    let mut patch = TypedModelPatch::default();
+    let mut wire = patch.tap_model(model, c.x)?;
+    for &axis in &c.layout.drop {
+        wire = patch.wire_node(format!("{name}.rm{axis}"), AxisOp::Rm(axis), &[wire])?[0];
+    }
+    wire = patch.wire_node(&name, op, &[wire])?[0];
+    for &axis in &c.layout.add {
+        wire = patch.wire_node(format!("{name}.add{axis}"), AxisOp::Add(axis), &[wire])?[0];
+    }
+    patch.shunt_outside(model, id.into(), wire)?;
+    patch.apply(model)
+}
+
+/// Replaces the `NmMatMul` node `id` by the dense equivalent an ONNX `MatMul` (+ `Add`)
+/// would have given: `EinSum` with the decompressed weight as a constant.
+fn densify(model: &mut TypedModel, id: usize, op: &NmMatMul) -> TractResult<()> {
+    let name = model.node(id).name.clone();
+    let x = model.node(id).inputs[0];
+    let rank = model.outlet_fact(x)?.rank();
+    ensure!(
+        (1..=11).contains(&rank),
+        "input of rank {rank}, expected 1 to 11"
+    );
+    let (k, n) = (op.k(), op.n());
+    let lead: String = "abcdefghij".chars().take(rank - 1).collect();
+    let axes: AxesMapping = format!("{lead}k,kn->{lead}n").parse()?;
+    let mut patch = TypedModelPatch::default();
+    let tap = patch.tap_model(model, x)?;
+    let w = patch.add_const(
+        format!("{name}.weight"),
+        Tensor::from_shape(&[k, n], &op.matrix().to_dense())?,
+    )?;
+    let mut y = patch.wire_node(
+        format!("{name}.matmul"),
+        EinSum::new(axes, f32::datum_type()),
+        &[tap, w],
+    )?[0];
+    if let Some(bias) = op.bias() {
+        let mut shape = vec![1; rank];
+        shape[rank - 1] = n;
+        let b = patch.add_const(format!("{name}.bias"), Tensor::from_shape(&shape, bias)?)?;
+        y = patch.wire_node(format!("{name}.add"), tract_core::ops::math::add(), &[y, b])?[0];
+    }
+    patch.shunt_outside(model, id.into(), y)?;
+    patch.apply(model)
+}

@@ -1,0 +1,197 @@
+//! The client library and the Python example against a live `Publisher`
+//! driven on the test thread, the client on another thread or process.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use crate::config::MaskEncoding;
+use crate::contracts::PromptId;
+use crate::publish::test_util::{config, frame, pattern, FakeDirectory, TempDir};
+use crate::publish::wire::ErrorCode;
+use crate::publish::{Client, ClientError, FrameMessage, Publisher};
+
+/// Upper bound on loop turns while a client finishes (a hang guard, not a timing check).
+const MAX_TURNS: usize = 5_000;
+
+/// Services and publishes frames (masks for `ids`) until `done()`.
+fn drive(
+    p: &mut Publisher,
+    d: &mut FakeDirectory,
+    ids: &[PromptId],
+    mut done: impl FnMut() -> bool,
+) {
+    for seq in 0..MAX_TURNS as u64 {
+        p.service(d);
+        p.publish(&frame(seq, 24, 16, ids));
+        if done() {
+            p.service(d);
+            return;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the client did not finish");
+}
+
+type Outcome = Result<(Vec<PromptId>, Vec<FrameMessage>), ClientError>;
+
+#[test]
+fn client_subscribes_pings_receives_and_unsubscribes() {
+    let dir = TempDir::new("client");
+    let path = dir.join("maskd.sock");
+    let mut p = Publisher::bind(&config(&path), MaskEncoding::Rle).unwrap();
+    let mut d = FakeDirectory::default();
+    let client_path = path.clone();
+    let handle = thread::spawn(move || -> Outcome {
+        let mut c = Client::connect(&client_path)?;
+        let ids = c.subscribe(&["a", "b"], MaskEncoding::CocoRle)?;
+        c.ping(7)?;
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            match c.recv(Duration::from_secs(10))? {
+                Some(f) => frames.push(f),
+                None => break,
+            }
+        }
+        c.unsubscribe()?;
+        Ok((ids, frames))
+    });
+    // FakeDirectory hands out 100, 101, ... in order of first intern.
+    drive(&mut p, &mut d, &[101, 55, 100], || handle.is_finished());
+    let (ids, frames) = handle.join().unwrap().unwrap();
+    assert_eq!(ids, [100, 101]);
+    assert_eq!(frames.len(), 3);
+    for f in &frames {
+        assert_eq!(f.header.encoding, MaskEncoding::CocoRle);
+        let got: Vec<_> = f
+            .masks
+            .iter()
+            .map(|m| (m.prompt_id, m.bits.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [(101, pattern(101, 24, 16)), (100, pattern(100, 24, 16))]
+        );
+    }
+    assert_eq!(d.total_refs(), 0, "unsubscribe released both prompts");
+}
+
+#[test]
+fn client_reports_a_rejected_prompt() {
+    let dir = TempDir::new("client-reject");
+    let path = dir.join("maskd.sock");
+    let mut p = Publisher::bind(&config(&path), MaskEncoding::Rle).unwrap();
+    let mut d = FakeDirectory::default();
+    let client_path = path.clone();
+    let handle =
+        thread::spawn(move || Client::connect(&client_path)?.subscribe(&["reject me"], None));
+    drive(&mut p, &mut d, &[], || handle.is_finished());
+    match handle.join().unwrap() {
+        Err(ClientError::Server {
+            code,
+            closing,
+            message,
+        }) => {
+            assert_eq!((code, closing), (ErrorCode::PromptRejected as u16, false));
+            assert!(message.contains("reject me"), "{message}");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+#[test]
+fn connecting_to_nothing_names_the_path() {
+    let dir = TempDir::new("client-none");
+    let err = Client::connect(dir.join("absent.sock"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("absent.sock") && err.contains("is maskd running"),
+        "{err}"
+    );
+}
+
+/// Runs docs/examples/client.py against a live publisher; returns its stdout.
+fn run_python_example(encoding: &str) -> Option<String> {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found: skipping the Python example check");
+        return None;
+    }
+    let dir = TempDir::new("python");
+    let path = dir.join("maskd.sock");
+    let mut p = Publisher::bind(&config(&path), MaskEncoding::Rle).unwrap();
+    let mut d = FakeDirectory::default();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/client.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args([
+            "--socket",
+            path.to_str().unwrap(),
+            "--prompt",
+            "red",
+            "--prompt",
+            "blue circle",
+        ])
+        .args(["--encoding", encoding, "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drive(&mut p, &mut d, &[101, 100, 7], || {
+        child.try_wait().unwrap().is_some()
+    });
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(stdout)
+}
+
+/// (ones, checksum) as client.py prints them.
+fn summary(bits: &[u8]) -> (u64, u64) {
+    let ones = bits.iter().map(|&b| u64::from(b)).sum();
+    let sum = bits
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b != 0)
+        .map(|(i, _)| i as u64)
+        .sum::<u64>()
+        % (1 << 32);
+    (ones, sum)
+}
+
+#[test]
+fn python_example_decodes_every_encoding() {
+    for encoding in ["default", "rle", "coco", "bitmask"] {
+        let Some(stdout) = run_python_example(encoding) else {
+            return;
+        };
+        let mut lines = stdout.lines();
+        assert_eq!(
+            lines.next(),
+            Some("subscribed red=100 blue circle=101"),
+            "{encoding}: {stdout}"
+        );
+        let frames: Vec<&str> = lines.collect();
+        assert_eq!(frames.len(), 3, "{encoding}: {stdout}");
+        for line in frames {
+            let mut expected = String::new();
+            for id in [101, 100] {
+                let (ones, checksum) = summary(&pattern(id, 24, 16));
+                let score = 0.5 + id as f32 / 1000.0;
+                expected += &format!(
+                    " id={id} score={score:.3} coverage=0.250 ones={ones} checksum={checksum}"
+                );
+            }
+            assert!(
+                line.ends_with(&expected),
+                "{encoding}: {line}\nexpected ...{expected}"
+            );
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The publisher's tests against real sockets: the server, the client library, and
+//! the allocation count of the publish path (helpers in `super::test_util`).
+
+mod alloc;
+mod client;
+mod server;
