@@ -225,29 +225,77 @@ fn sigterm_notifies_systemd_closes_and_removes_the_socket() {
     assert!(!socket.exists(), "the socket file was left behind");
 }
 
-/// `docs/examples/client.py` was written from `docs/PROTOCOL.md` alone; it decoding
-/// every encoding from the real daemon is the check that the document is enough.
+/// The clients in `docs/examples/` were written from `docs/PROTOCOL.md` alone, each by
+/// someone who had read only the document (`client.py` in Python, `client.c` in C);
+/// both decoding every encoding from the real daemon is the check that the document is
+/// enough to write a client from.
 #[test]
-fn python_client_from_the_protocol_document_decodes_every_encoding() {
+fn clients_from_the_protocol_document_decode_every_encoding() {
     let dir = Dir::new();
     let daemon = ball_daemon(&dir);
+    let c_client = compile_c_client(&dir);
     let script = repo().join("docs/examples/client.py");
+    let python = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script).args(args);
+        cmd
+    };
+    let c = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&c_client);
+        cmd.args(args);
+        cmd
+    };
+    let socket = daemon.socket.to_string_lossy().into_owned();
+    for (name, client) in [
+        (
+            "client.py",
+            &python as &dyn Fn(&[&str]) -> std::process::Command,
+        ),
+        ("client.c", &c),
+    ] {
+        check_client(name, client, &socket);
+    }
+}
+
+/// Builds `docs/examples/client.c` with the command its header gives.
+fn compile_c_client(dir: &Dir) -> PathBuf {
+    let exe = dir.path().join("client");
+    let out = std::process::Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+        .arg(&exe)
+        .arg(repo().join("docs/examples/client.c"))
+        .output()
+        .expect("running cc (gcc) to build docs/examples/client.c");
+    assert!(
+        out.status.success(),
+        "docs/examples/client.c does not build warning-free:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn check_client(name: &str, client: &dyn Fn(&[&str]) -> std::process::Command, socket: &str) {
     for encoding in ["rle", "coco", "bitmask"] {
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args(["--prompt", "ball", "--encoding", encoding, "--count", "3"])
-            .output()
-            .expect("running python3 docs/examples/client.py");
+        let out = client(&[
+            "--socket",
+            socket,
+            "--prompt",
+            "ball",
+            "--encoding",
+            encoding,
+            "--count",
+            "3",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),
-            "client.py --encoding {encoding} failed:\n{stdout}\n{stderr}"
+            "{name} --encoding {encoding} failed:\n{stdout}\n{stderr}"
         );
         let frames = stdout.lines().filter(|l| l.starts_with("seq=")).count();
-        assert_eq!(frames, 3, "client.py --encoding {encoding}:\n{stdout}");
+        assert_eq!(frames, 3, "{name} --encoding {encoding}:\n{stdout}");
         // The decoded bits must agree with the coverage the daemon put in the header.
         for line in stdout.lines().filter(|l| l.starts_with("seq=")) {
             let field = |key: &str| -> f64 {
@@ -260,7 +308,7 @@ fn python_client_from_the_protocol_document_decodes_every_encoding() {
             let coverage = field("coverage=");
             assert!(
                 (ones / (64.0 * 48.0) - coverage).abs() < 1e-3,
-                "--encoding {encoding}: {ones} ones disagree with coverage {coverage}: {line}"
+                "{name} --encoding {encoding}: {ones} ones disagree with coverage {coverage}: {line}"
             );
         }
     }

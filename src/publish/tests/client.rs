@@ -113,19 +113,55 @@ fn connecting_to_nothing_names_the_path() {
     );
 }
 
-/// Runs docs/examples/client.py against a live publisher; returns its stdout.
-fn run_python_example(encoding: &str) -> Option<String> {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("python3 not found: skipping the Python example check");
-        return None;
-    }
-    let dir = TempDir::new("python");
+/// The example clients of `docs/examples/`, written from `docs/PROTOCOL.md` alone.
+#[derive(Clone, Copy, Debug)]
+enum Example {
+    Python,
+    C,
+}
+
+/// Builds `docs/examples/client.c` (as its header says) as `exe`; `None` without a C
+/// compiler.
+fn build_c_example(exe: std::path::PathBuf) -> Option<std::path::PathBuf> {
+    let out = match Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+        .arg(&exe)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/client.c"))
+        .output()
+    {
+        Ok(out) => out,
+        Err(_) => {
+            eprintln!("cc not found: skipping the C example check");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "docs/examples/client.c does not build warning-free:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+/// Runs an example client against a live publisher; returns its stdout.
+fn run_example(example: Example, encoding: &str) -> Option<String> {
+    let dir = TempDir::new("example");
+    let mut cmd = match example {
+        Example::Python => {
+            if Command::new("python3").arg("--version").output().is_err() {
+                eprintln!("python3 not found: skipping the Python example check");
+                return None;
+            }
+            let mut cmd = Command::new("python3");
+            cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/client.py"));
+            cmd
+        }
+        Example::C => Command::new(build_c_example(dir.join("client"))?),
+    };
     let path = dir.join("maskd.sock");
     let mut p = Publisher::bind(&config(&path), MaskEncoding::Rle).unwrap();
     let mut d = FakeDirectory::default();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/client.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
+    let mut child = cmd
         .args([
             "--socket",
             path.to_str().unwrap(),
@@ -146,13 +182,13 @@ fn run_python_example(encoding: &str) -> Option<String> {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{stdout}\n{}",
+        "{example:?}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     Some(stdout)
 }
 
-/// (ones, checksum) as client.py prints them.
+/// (ones, checksum) as the example clients print them.
 fn summary(bits: &[u8]) -> (u64, u64) {
     let ones = bits.iter().map(|&b| u64::from(b)).sum();
     let sum = bits
@@ -167,8 +203,17 @@ fn summary(bits: &[u8]) -> (u64, u64) {
 
 #[test]
 fn python_example_decodes_every_encoding() {
+    example_decodes_every_encoding(Example::Python);
+}
+
+#[test]
+fn c_example_decodes_every_encoding() {
+    example_decodes_every_encoding(Example::C);
+}
+
+fn example_decodes_every_encoding(example: Example) {
     for encoding in ["default", "rle", "coco", "bitmask"] {
-        let Some(stdout) = run_python_example(encoding) else {
+        let Some(stdout) = run_example(example, encoding) else {
             return;
         };
         let mut lines = stdout.lines();
