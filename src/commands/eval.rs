@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self as cfg, EngineConfig, PromptsConfig, SparseKernel};
+use crate::config::{self as cfg, Device, EngineConfig, PromptsConfig, SparseKernel};
 use crate::contracts::{FrameView, MaskSet, PromptDirectory, PromptId};
 use crate::engine::prompts::Embedding;
 use crate::engine::{Engine, Manifest};
@@ -57,6 +57,9 @@ pub struct EvalArgs {
     /// How N:M layers run [default: the config's engine.sparse_kernel, else auto].
     #[arg(long, value_enum, value_name = "MODE")]
     pub sparse_kernel: Option<SparseKernel>,
+    /// Where the graphs run [default: the config's engine.device, else auto].
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
     /// Only the first N images (quick checks).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -336,12 +339,7 @@ pub fn engine_config(
             (c.engine, c.prompts)
         }
         None => (
-            EngineConfig {
-                manifest: PathBuf::from("models/default.toml"),
-                threads: cfg::DEFAULT_THREADS,
-                sparse_kernel: cfg::DEFAULT_SPARSE_KERNEL,
-                fused_ops: true,
-            },
+            EngineConfig::with_defaults(PathBuf::from("models/default.toml")),
             PromptsConfig {
                 text: Vec::new(),
                 mask_threshold: None,
@@ -358,6 +356,9 @@ pub fn engine_config(
     }
     if let Some(k) = args.sparse_kernel {
         engine.sparse_kernel = k;
+    }
+    if let Some(d) = args.device {
+        engine.device = d;
     }
     prompts.text.clear();
     prompts.max_prompts = max_prompts.max(1);
@@ -512,6 +513,7 @@ mod tests {
             json: true,
             threads: Some(1),
             sparse_kernel: None,
+            device: None,
             limit: None,
         }
     }

@@ -60,6 +60,49 @@ pub struct EngineConfig {
     /// Run maskd's fused attention, GELU, LayerNorm and product-sum ops where they
     /// apply (false: tract's own nodes, the fallback if a model misbehaves with them).
     pub fused_ops: bool,
+    /// Where the segmenter's graphs run.
+    pub device: Device,
+}
+
+impl EngineConfig {
+    /// `manifest` with every other key at its default (what the tools use without a
+    /// config file).
+    pub fn with_defaults(manifest: PathBuf) -> EngineConfig {
+        EngineConfig {
+            manifest,
+            threads: DEFAULT_THREADS,
+            sparse_kernel: DEFAULT_SPARSE_KERNEL,
+            fused_ops: DEFAULT_FUSED_OPS,
+            device: DEFAULT_DEVICE,
+        }
+    }
+}
+
+/// `engine.device`, also `--device` of `maskd bench` and `maskd eval`: where the
+/// segmenter's graphs run.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The GPU when this build has CUDA and the machine a usable GPU, else the CPU
+    /// (logged once, with the reason).
+    Auto,
+    /// The CPU, always.
+    Cpu,
+    /// The GPU through tract-cuda; start-up fails when there is none.
+    Cuda,
+}
+
+impl Device {
+    /// The config spelling, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
 }
 
 /// `engine.sparse_kernel`, also `maskd bench --sparse-kernel`: one spelling for the
@@ -161,6 +204,8 @@ pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 250;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
 pub const DEFAULT_THREADS: usize = 1;
 pub const DEFAULT_SPARSE_KERNEL: SparseKernel = SparseKernel::Auto;
+pub const DEFAULT_FUSED_OPS: bool = true;
+pub const DEFAULT_DEVICE: Device = Device::Auto;
 pub const DEFAULT_MAX_PROMPTS: usize = 32;
 pub const DEFAULT_MASK_WIDTH: u32 = 160;
 pub const DEFAULT_MASK_HEIGHT: u32 = 120;

@@ -73,10 +73,16 @@ struct RawEngine {
     sparse_kernel: SparseKernel,
     #[serde(default = "default_fused_ops")]
     fused_ops: bool,
+    #[serde(default = "default_device")]
+    device: Device,
 }
 
 fn default_fused_ops() -> bool {
-    true
+    DEFAULT_FUSED_OPS
+}
+
+fn default_device() -> Device {
+    DEFAULT_DEVICE
 }
 
 fn default_sparse_kernel() -> SparseKernel {
@@ -297,6 +303,7 @@ impl RawEngine {
             threads: check.range("engine.threads", self.threads, THREADS_RANGE)?,
             sparse_kernel: self.sparse_kernel,
             fused_ops: self.fused_ops,
+            device: self.device,
         })
     }
 }

@@ -18,6 +18,7 @@ manifest = "../models/default.toml"
 threads = 2
 sparse_kernel = "dense"
 fused_ops = false
+device = "cpu"
 
 [prompts]
 text = ["red circle", "blue square"]
@@ -98,6 +99,7 @@ fn full_file_parses_into_typed_config() {
             threads: 2,
             sparse_kernel: SparseKernel::Dense,
             fused_ops: false,
+            device: Device::Cpu,
         },
         prompts: PromptsConfig {
             text: vec!["red circle".into(), "blue square".into()],
@@ -143,6 +145,7 @@ fn omitted_keys_take_the_named_defaults() {
     );
     assert_eq!(cfg.engine.threads, DEFAULT_THREADS);
     assert_eq!(cfg.engine.sparse_kernel, DEFAULT_SPARSE_KERNEL);
+    assert_eq!(cfg.engine.device, Device::Auto);
     assert!(cfg.engine.fused_ops);
     assert_eq!(cfg.prompts.mask_threshold, None);
     assert_eq!(cfg.prompts.score_threshold, None);
@@ -436,6 +439,12 @@ fn unknown_enum_value_lists_the_choices() {
     assert!(message.contains("`coco-rle`"), "{message}");
     let (_, key, _) = syntax(&full_with("\"dense\"", "\"fast\""));
     assert_eq!(key.as_deref(), Some("engine.sparse_kernel"));
+    let (_, key, message) = syntax(&full_with("device = \"cpu\"", "device = \"gpu\""));
+    assert_eq!(key.as_deref(), Some("engine.device"));
+    assert!(
+        message.contains("expected one of `auto`, `cpu`, `cuda`"),
+        "{message}"
+    );
     let (_, key, _) = syntax(&full_with("\"debug\"", "\"loud\""));
     assert_eq!(key.as_deref(), Some("log.level"));
 }

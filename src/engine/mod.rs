@@ -9,6 +9,7 @@
 //!
 //! Leaves out: sockets, pipelines, encoding masks for the wire.
 
+pub mod device;
 pub mod manifest;
 pub mod ops;
 pub mod plan;
@@ -63,7 +64,15 @@ impl Engine {
     /// a tool comes from the code that serves masks.
     pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
         let manifest = Manifest::load(&cfg.manifest)?;
-        let options = PlanOptions::for_engine(cfg);
+        let target = device::resolve(cfg.device)?;
+        let options = PlanOptions::for_engine(cfg, target);
+        if target == device::Target::Cuda {
+            log::info!(
+                "on the GPU the graphs keep tract's nodes: N:M layers are decompressed to dense \
+                 and engine.fused_ops does not apply (maskd's fused ops are CPU code); the text \
+                 encoder runs on the CPU"
+            );
+        }
         let threads = cfg.threads;
         let thresholds = Thresholds {
             mask: prompts
@@ -96,12 +105,13 @@ impl Engine {
             thresholds,
         );
         log::info!(
-            "model {} ({}): input {}x{}, {} threads",
+            "model {} ({}): input {}x{}, {} threads, on the {}",
             manifest.name,
             manifest.path.display(),
             manifest.image.width,
             manifest.image.height,
-            threads.max(1)
+            threads.max(1),
+            target.name()
         );
         log::info!(
             "{}: {} (engine.sparse_kernel = \"{}\")",
@@ -235,10 +245,8 @@ mod tests {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
         (
             EngineConfig {
-                manifest,
-                threads: 1,
                 sparse_kernel: SparseKernel::Auto,
-                fused_ops: true,
+                ..EngineConfig::with_defaults(manifest)
             },
             PromptsConfig {
                 text: prompts.iter().map(|s| s.to_string()).collect(),

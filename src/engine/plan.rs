@@ -23,6 +23,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::{EngineConfig, SparseKernel};
+use crate::engine::device::{self, Target};
 use crate::engine::ops::nm_matmul::{self, SparseLayer, SparseReport};
 use crate::engine::ops::{self, Fusions};
 
@@ -67,6 +68,8 @@ pub struct PlanOptions {
     /// Which of maskd's ops replace tract's nodes (tests turn them off to compare the
     /// two on whole models).
     pub fusions: Fusions,
+    /// Where the plans run (`engine.device`, resolved).
+    pub target: Target,
 }
 
 impl Default for PlanOptions {
@@ -79,6 +82,7 @@ impl Default for PlanOptions {
                 upsample: true,
                 fused_ops: true,
             },
+            target: Target::Cpu,
         }
     }
 }
@@ -95,16 +99,28 @@ impl PlanOptions {
         }
     }
 
-    /// What `[engine]` asks for: the one mapping from config to plans, used by every
-    /// command that runs the engine.
-    pub fn for_engine(cfg: &EngineConfig) -> PlanOptions {
+    /// What `[engine]` asks for on `target`: the one mapping from config to plans, used
+    /// by every command that runs the engine. On the GPU, maskd's CPU ops would run on
+    /// the host between copies, so tract's nodes stay and N:M weights are decompressed.
+    pub fn for_engine(cfg: &EngineConfig, target: Target) -> PlanOptions {
         let options = PlanOptions::with_threads(cfg.threads).with_sparse_kernel(cfg.sparse_kernel);
-        PlanOptions {
-            fusions: Fusions {
-                fused_ops: cfg.fused_ops,
-                ..options.fusions
+        match target {
+            Target::Cpu => PlanOptions {
+                fusions: Fusions {
+                    fused_ops: cfg.fused_ops,
+                    ..options.fusions
+                },
+                ..options
             },
-            ..options
+            Target::Cuda => PlanOptions {
+                sparse_kernel: SparseKernel::Dense,
+                fusions: Fusions {
+                    upsample: false,
+                    fused_ops: false,
+                },
+                target,
+                ..options
+            },
         }
     }
 
@@ -189,15 +205,34 @@ impl Plan {
             )
         })?;
         ops::fuse(&mut typed, options.fusions, &shown.display().to_string())?;
+        let run_options = RunOptions {
+            executor: options.executor.clone(),
+            ..RunOptions::default()
+        };
+        if options.target == Target::Cuda {
+            check_outputs(&typed, shown, outputs)?;
+            let sparse = SparseReport::new(&typed, dense.clone());
+            match device::prepare_cuda(typed.clone(), &run_options) {
+                Ok(plan) => {
+                    return Ok(Plan {
+                        plan,
+                        shown: shown.to_owned(),
+                        sparse,
+                    })
+                }
+                // One graph the GPU cannot run does not stop the others: this one runs
+                // on the CPU (as tract's nodes, the options say so).
+                Err(e) => log::warn!(
+                    "{}: the GPU cannot run this graph, it runs on the CPU: {e:#}",
+                    shown.display()
+                ),
+            }
+        }
         let typed = typed
             .into_optimized()
             .with_context(|| format!("{}: optimising the graph", shown.display()))?;
         check_outputs(&typed, shown, outputs)?;
         let sparse = SparseReport::new(&typed, dense);
-        let run_options = RunOptions {
-            executor: options.executor.clone(),
-            ..RunOptions::default()
-        };
         let plan = TypedSimplePlan::new_with_options(typed, &run_options)
             .with_context(|| format!("{}: building the plan", shown.display()))?;
         Ok(Plan {

@@ -119,3 +119,27 @@ fn nonexistent_pipeline_element_is_named() {
     );
     fails_with(&cfg, &["nosuchcamerasrc"]);
 }
+
+/// `engine.device = "cuda"` where no GPU can be used (every CI machine; a build without
+/// the `cuda` feature anywhere) stops start-up with the key and the reason, no panic.
+#[test]
+fn cuda_without_a_gpu_names_the_key_and_the_reason() {
+    let dir = Dir::new();
+    let (cfg, _) = config(&dir, "videotestsrc", &fixture_manifest(), &["thing"], 4);
+    let text = fs::read_to_string(&cfg).expect("reading the config");
+    let bad = dir.write(
+        "gpu.toml",
+        &text.replace("[engine]\n", "[engine]\ndevice = \"cuda\"\n"),
+    );
+    let why = if cfg!(any(feature = "cuda", feature = "cuda-12")) {
+        "no usable CUDA driver or GPU"
+    } else {
+        "built without CUDA"
+    };
+    fails_with(&bad, &["gpu.toml: engine", "engine.device = \"cuda\"", why]);
+    let out = run(&["run", "--config", &bad.to_string_lossy()]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "a panic instead of an error"
+    );
+}

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::alloc;
-use crate::config::{EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
+use crate::config::{Device, EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
 use crate::contracts::FrameView;
 use crate::contracts::MaskSet;
 use crate::engine::profile::OpRow;
@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Threads for tract's matmuls.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Where the graphs run (engine.device), for every variant.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
     /// Prompts run on every frame.
     #[arg(long = "prompt", value_name = "TEXT", default_values_t = ["red circle".to_string(), "blue square".to_string(), "yellow star".to_string()])]
     pub prompts: Vec<String>,
@@ -234,7 +237,9 @@ fn run_child(
         .arg("--manifest")
         .arg(manifest)
         .arg("--sparse-kernel")
-        .arg(format!("{kernel:?}").to_lowercase())
+        .arg(kernel.as_str())
+        .arg("--device")
+        .arg(args.device.as_str())
         .arg("--threads")
         .arg(args.threads.to_string())
         .arg("--image")
@@ -283,10 +288,10 @@ impl Loaded {
     ) -> anyhow::Result<Loaded> {
         let load_start = Instant::now();
         let cfg = EngineConfig {
-            manifest: manifest.to_owned(),
             threads: args.threads.max(1),
             sparse_kernel: kernel,
-            fused_ops: true,
+            device: args.device,
+            ..EngineConfig::with_defaults(manifest.to_owned())
         };
         let prompts = PromptsConfig {
             text: args.prompts.clone(),
@@ -591,6 +596,7 @@ mod tests {
             manifests: vec!["a.toml".into(), "b.toml".into()],
             sparse_kernels: vec![],
             threads: 1,
+            device: Device::Auto,
             prompts: vec![],
             image: "x.jpg".into(),
             frames: 1,
