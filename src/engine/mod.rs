@@ -28,8 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::{EngineConfig, MaskConfig, PromptsConfig};
-use crate::contracts::FrameView;
-use crate::contracts::{MaskSet, PromptId};
+use crate::contracts::{FrameView, MaskSet, PromptId};
 
 pub use manifest::Manifest;
 pub use postprocess::Thresholds;

@@ -501,6 +501,49 @@ pub fn output_f32<'a>(
 mod tests {
     use super::*;
 
+    /// `[engine]` maps to plans one way on the CPU and, on the GPU, to tract's own nodes
+    /// with dense weights whatever the config asks.
+    #[test]
+    fn engine_config_maps_to_plan_options() {
+        let cfg = EngineConfig {
+            threads: 2,
+            sparse_kernel: SparseKernel::Sparse,
+            fused_ops: false,
+            ..EngineConfig::with_defaults(PathBuf::from("m.toml"))
+        };
+        let cpu = PlanOptions::for_engine(&cfg, Target::Cpu);
+        assert_eq!(
+            (cpu.sparse_kernel, cpu.fusions, cpu.target),
+            (
+                SparseKernel::Sparse,
+                Fusions {
+                    upsample: true,
+                    fused_ops: false
+                },
+                Target::Cpu
+            )
+        );
+        assert!(cpu.executor.is_some());
+        let gpu = PlanOptions::for_engine(
+            &EngineConfig {
+                fused_ops: true,
+                ..cfg
+            },
+            Target::Cuda,
+        );
+        assert_eq!(
+            (gpu.sparse_kernel, gpu.fusions, gpu.target),
+            (
+                SparseKernel::Dense,
+                Fusions {
+                    upsample: false,
+                    fused_ops: false
+                },
+                Target::Cuda
+            )
+        );
+    }
+
     fn fixture(rel: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/fixture")
