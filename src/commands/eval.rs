@@ -231,9 +231,18 @@ impl Evaluator {
         self.infer_s += start.elapsed().as_secs_f64();
         self.runs += 1;
         // The engine gives masks in id order; the set wants its own (and may repeat a text).
-        let out = &mut self.ordered;
-        out.clone_from(&self.masks);
-        out.len = 0;
+        // Same frame and sizes; the mask slots are reused, refilled below.
+        let (src, out) = (&self.masks, &mut self.ordered);
+        *out = MaskSet {
+            masks: std::mem::take(&mut out.masks),
+            len: 0,
+            seq: src.seq,
+            capture_ns: src.capture_ns,
+            frame_width: src.frame_width,
+            frame_height: src.frame_height,
+            width: src.width,
+            height: src.height,
+        };
         for id in &self.ids {
             let m = self
                 .masks
