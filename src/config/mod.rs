@@ -174,6 +174,13 @@ pub struct PublishConfig {
     pub max_clients: usize,
     /// Messages buffered per subscriber before its own frames are dropped.
     pub queue_depth: usize,
+    /// Client uids allowed to connect (SO_PEERCRED); with `allow_gids`,
+    /// a client passes if either list has it. Both `None`: everyone who can
+    /// open the socket file. Never `Some` of an empty list.
+    pub allow_uids: Option<Vec<u32>>,
+    /// Client primary gids allowed to connect (SO_PEERCRED has no
+    /// supplementary groups).
+    pub allow_gids: Option<Vec<u32>>,
 }
 
 /// `[log]`

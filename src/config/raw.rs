@@ -135,6 +135,17 @@ struct RawPublish {
     group: Option<String>,
     max_clients: usize,
     queue_depth: usize,
+    allow_uids: Option<Vec<RawId>>,
+    allow_gids: Option<Vec<RawId>>,
+}
+
+/// A uid or gid as written: anything but an integer is kept so that
+/// validation can name it, rather than serde's "invalid type".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawId {
+    Number(i64),
+    Other(toml::Value),
 }
 
 impl Default for RawPublish {
@@ -145,6 +156,8 @@ impl Default for RawPublish {
             group: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            allow_uids: None,
+            allow_gids: None,
         }
     }
 }
@@ -397,8 +410,43 @@ impl RawPublish {
             group: self.group,
             max_clients: check.range("publish.max_clients", self.max_clients, MAX_CLIENTS_RANGE)?,
             queue_depth: check.range("publish.queue_depth", self.queue_depth, QUEUE_DEPTH_RANGE)?,
+            allow_uids: ids(check, "publish.allow_uids", "uid", self.allow_uids)?,
+            allow_gids: ids(check, "publish.allow_gids", "gid", self.allow_gids)?,
         })
     }
+}
+
+/// Validates an allow list of numeric ids: each in 0..=u32::MAX - 1
+/// (u32::MAX is the kernel's "no id"), and the list not empty, since an empty
+/// list would read as "no one" when leaving the key out means "everyone".
+fn ids(
+    check: &Check<'_>,
+    key: &str,
+    what: &str,
+    raw: Option<Vec<RawId>>,
+) -> Result<Option<Vec<u32>>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.is_empty() {
+        return Err(check.invalid(
+            key,
+            format!(
+                "is empty; list at least one {what}, or leave the key out to allow every {what}"
+            ),
+        ));
+    }
+    raw.into_iter()
+        .map(|id| match id {
+            RawId::Number(n) => u32::try_from(n)
+                .ok()
+                .filter(|&n| n != u32::MAX)
+                .ok_or_else(|| check.invalid(key, format!("{what} {n} is out of range 0..={}", u32::MAX - 1))),
+            RawId::Other(v) => Err(check.invalid(
+                key,
+                format!("{v} is not a number ({what}s are numeric: `id -u NAME` / `getent group NAME` print them)"),
+            )),
+        })
+        .collect::<Result<Vec<u32>, _>>()
+        .map(Some)
 }
 
 impl From<RawLevel> for log::LevelFilter {

@@ -37,6 +37,8 @@ mode = "0660"
 group = "video"
 max_clients = 16
 queue_depth = 4
+allow_uids = [0, 1000]
+allow_gids = [44]
 
 [log]
 level = "debug"
@@ -118,6 +120,8 @@ fn full_file_parses_into_typed_config() {
             group: Some("video".into()),
             max_clients: 16,
             queue_depth: 4,
+            allow_uids: Some(vec![0, 1000]),
+            allow_gids: Some(vec![44]),
         },
         log: LogConfig {
             level: log::LevelFilter::Debug,
@@ -163,6 +167,11 @@ fn omitted_keys_take_the_named_defaults() {
     assert_eq!(cfg.publish.group, None);
     assert_eq!(cfg.publish.max_clients, DEFAULT_MAX_CLIENTS);
     assert_eq!(cfg.publish.queue_depth, DEFAULT_QUEUE_DEPTH);
+    assert_eq!(
+        cfg.publish.allow_uids, None,
+        "everyone who can open the socket"
+    );
+    assert_eq!(cfg.publish.allow_gids, None);
     assert_eq!(cfg.log.level, DEFAULT_LOG_LEVEL);
 }
 
@@ -381,6 +390,68 @@ fn mode_is_an_octal_string_someone_can_connect_with() {
 fn group_must_not_be_empty() {
     let (key, _) = invalid(&full_with("group = \"video\"", "group = \"\""));
     assert_eq!(key, "publish.group");
+}
+
+#[test]
+fn allow_lists_take_numeric_ids_only_and_are_never_empty() {
+    let cases = [
+        (
+            "allow_uids = [0, 1000]",
+            "allow_uids = [\"robot\"]",
+            "publish.allow_uids",
+            "\"robot\" is not a number",
+        ),
+        (
+            "allow_uids = [0, 1000]",
+            "allow_uids = [-1]",
+            "publish.allow_uids",
+            "uid -1 is out of range",
+        ),
+        (
+            "allow_uids = [0, 1000]",
+            "allow_uids = [4294967295]",
+            "publish.allow_uids",
+            "out of range",
+        ),
+        (
+            "allow_uids = [0, 1000]",
+            "allow_uids = []",
+            "publish.allow_uids",
+            "is empty",
+        ),
+        (
+            "allow_gids = [44]",
+            "allow_gids = [1.5]",
+            "publish.allow_gids",
+            "1.5 is not a number",
+        ),
+        (
+            "allow_gids = [44]",
+            "allow_gids = []",
+            "publish.allow_gids",
+            "leave the key out",
+        ),
+    ];
+    for (from, to, want_key, want_reason) in cases {
+        let (key, reason) = invalid(&full_with(from, to));
+        assert_eq!(key, want_key, "{to}");
+        assert!(reason.contains(want_reason), "{to}: {reason}");
+    }
+    let only_gids = parse(&full_with("allow_uids = [0, 1000]\n", ""), etc()).unwrap();
+    assert_eq!(
+        (only_gids.publish.allow_uids, only_gids.publish.allow_gids),
+        (None, Some(vec![44]))
+    );
+    let err = parse(
+        &full_with("allow_uids = [0, 1000]", "allow_uids = [\"robot\"]"),
+        etc(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("/etc/maskd/maskd.toml") && err.contains("publish.allow_uids"),
+        "{err}"
+    );
 }
 
 #[test]

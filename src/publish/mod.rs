@@ -6,8 +6,12 @@
 //! Leaves out inference and prompt bookkeeping: prompts are interned through
 //! [`crate::contracts::PromptDirectory`], which the engine implements.
 
+mod access;
+pub mod activation;
 mod client;
 mod listener;
+mod lock;
+mod refusals;
 mod server;
 mod sndbuf;
 mod sock;

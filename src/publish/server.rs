@@ -10,12 +10,14 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, SockFlag};
 
+use super::access::{Access, Peer};
 use super::listener::Listener;
+use super::refusals::{Refusals, REFUSED_CAPACITY, REFUSED_HOLD};
 use super::sndbuf::QueueSizer;
 use super::sock;
 use super::subscriber::{Delivery, Subscriber};
@@ -57,6 +59,10 @@ pub struct PublishStats {
     pub dropped: u64,
     /// Clients turned away because `max_clients` were connected.
     pub rejected: u64,
+    /// Clients turned away by `publish.allow_uids`/`allow_gids`.
+    pub denied: u64,
+    /// Turned-away connections still held so that they can read their ERROR.
+    pub refusing: usize,
 }
 
 /// One encoding's payloads for the current frame.
@@ -72,6 +78,8 @@ struct Encoded {
 /// The socket server. See the module docs.
 pub struct Publisher {
     listener: Listener,
+    access: Access,
+    refusals: Refusals,
     max_clients: usize,
     default_encoding: MaskEncoding,
     clients: Vec<Subscriber>,
@@ -89,11 +97,14 @@ pub struct Publisher {
     sent: u64,
     dropped: u64,
     rejected: u64,
+    denied: u64,
     warned_encode: bool,
 }
 
 impl Publisher {
-    /// Binds `cfg.socket`: creates the parent directory if missing, refuses to
+    /// Binds `cfg.socket`: creates the parent directory if missing, takes the
+    /// lock `<socket>.lock` for the publisher's life (a second daemon on the
+    /// same path fails here, naming the holder's pid), refuses to
     /// replace a live socket (someone accepts connections on it) or a
     /// non-socket, removes a stale one, applies `cfg.mode` and `cfg.group`
     /// (before listening, so no one connects under looser permissions), and
@@ -119,6 +130,8 @@ impl Publisher {
     fn new(listener: Listener, cfg: &PublishConfig, default_encoding: MaskEncoding) -> Publisher {
         Publisher {
             listener,
+            access: Access::new(cfg),
+            refusals: Refusals::new(REFUSED_CAPACITY, REFUSED_HOLD),
             max_clients: cfg.max_clients,
             default_encoding,
             clients: Vec::with_capacity(cfg.max_clients),
@@ -132,8 +145,22 @@ impl Publisher {
             sent: 0,
             dropped: 0,
             rejected: 0,
+            denied: 0,
             warned_encode: false,
         }
+    }
+
+    /// Reload of `masks.encoding`: applies to SUBSCRIBEs from now on; a client already
+    /// subscribed keeps the encoding its SUBSCRIBE was answered with.
+    pub fn set_default_encoding(&mut self, encoding: MaskEncoding) {
+        self.default_encoding = encoding;
+    }
+
+    /// Tests on a loaded machine hold refusals longer, so that a deadline
+    /// never passes between two steps of the test.
+    #[cfg(test)]
+    pub(crate) fn hold_refusals_for(&mut self, hold: std::time::Duration) {
+        self.refusals = Refusals::new(REFUSED_CAPACITY, hold);
     }
 
     /// The path this publisher bound (None for a passed fd).
@@ -144,9 +171,20 @@ impl Publisher {
     /// Non-blocking: accepts new clients (beyond `max_clients`: an ERROR and
     /// close), reads and answers control messages, and drops dead clients,
     /// releasing their prompts. Call it every loop iteration.
+    ///
+    /// Also, at most once a second, checks that the socket file is still the
+    /// one it bound, and binds the path again (logged at warn) if it vanished
+    /// or was replaced by a dead socket; not for a systemd-passed socket.
     pub fn service(&mut self, prompts: &mut dyn PromptDirectory) {
+        let now = Instant::now();
         self.reap(prompts);
-        self.accept_new();
+        self.refusals.service(now);
+        if let Some(retired) = self.listener.check(now) {
+            // Connections that reached the old node before it went are in its
+            // backlog; take them before closing it.
+            self.accept_from(Some(&retired), now);
+        }
+        self.accept_from(None, now);
         for c in &mut self.clients {
             serve_client(
                 c,
@@ -273,6 +311,8 @@ impl Publisher {
             sent: self.sent,
             dropped: self.dropped,
             rejected: self.rejected,
+            denied: self.denied,
+            refusing: self.refusals.len(),
         }
     }
 
@@ -295,27 +335,49 @@ impl Publisher {
         // Dropping closes the fds; Listener's drop unlinks the path.
     }
 
-    fn accept_new(&mut self) {
+    /// Accepts up to `MAX_ACCEPTS_PER_SERVICE` connections from `retired` (a
+    /// listening fd replaced by a rebind) or else the listener:
+    /// refused ones (access, then the client limit) go to `refusals`. While the
+    /// client limit is reached and `refusals` is full, connections are left in
+    /// the backlog, so that each one turned away can still read why.
+    fn accept_from(&mut self, retired: Option<&OwnedFd>, now: Instant) {
+        let listener = match retired {
+            Some(fd) => fd.as_fd(),
+            None => self.listener.as_fd(),
+        };
         for _ in 0..MAX_ACCEPTS_PER_SERVICE {
-            let fd = match socket::accept4(
-                self.listener.as_fd(),
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            ) {
-                Ok(fd) => fd,
-                Err(Errno::EAGAIN) => return,
-                Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOMEM: retry on the next service call.
-                    log::warn!("accept: {e}");
-                    return;
-                }
-            };
+            if self.clients.len() >= self.max_clients && !self.refusals.has_room() {
+                return;
+            }
+            let fd =
+                match socket::accept4(listener, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+                    Ok(fd) => fd,
+                    Err(Errno::EAGAIN) => return,
+                    Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+                    Err(e) => {
+                        // EMFILE/ENFILE/ENOMEM: retry on the next service call.
+                        log::warn!("accept: {e}");
+                        return;
+                    }
+                };
             let id = self.next_client_id;
             self.next_client_id += 1;
-            let who = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
-                Ok(c) => format!("pid {} uid {}", c.pid(), c.uid()),
+            let peer = socket::getsockopt(&fd, sockopt::PeerCredentials).map(|c| Peer {
+                pid: c.pid(),
+                uid: c.uid(),
+                gid: c.gid(),
+            });
+            let who = match &peer {
+                Ok(p) => format!("pid {} uid {} gid {}", p.pid, p.uid, p.gid),
                 Err(e) => format!("unknown peer ({e})"),
             };
+            if let Err(why) = self.access.check(peer.ok()) {
+                self.denied += 1;
+                log::warn!("client {id} ({who}) refused: {why}");
+                wire::write_error(&mut self.reply, ErrorCode::AccessDenied, true, &why);
+                self.refusals.refuse(fd, id, &self.reply, now);
+                continue;
+            }
             if self.clients.len() >= self.max_clients {
                 self.rejected += 1;
                 log::warn!(
@@ -328,7 +390,7 @@ impl Publisher {
                     true,
                     &format!("maskd serves at most {} clients", self.max_clients),
                 );
-                let _ = sock::send_nonblocking(fd.as_fd(), &self.reply);
+                self.refusals.refuse(fd, id, &self.reply, now);
                 continue;
             }
             log::info!("client {id} connected ({who})");

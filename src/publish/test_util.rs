@@ -91,6 +91,8 @@ pub(crate) fn config(socket: &Path) -> PublishConfig {
         group: None,
         max_clients: 8,
         queue_depth: 2,
+        allow_uids: None,
+        allow_gids: None,
     }
 }
 

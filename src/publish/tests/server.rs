@@ -485,7 +485,7 @@ fn a_live_socket_is_refused_and_keeps_working() {
             .unwrap()
     );
     assert!(err.contains("in use"), "{err}");
-    // The refused bind probed with a connection; the first daemon just sees it go.
+    // The refused bind stopped at the lock; the first daemon serves on regardless.
     let mut d = FakeDirectory::default();
     first.service(&mut d);
     first.service(&mut d);

@@ -85,6 +85,8 @@ pub enum ErrorCode {
     TooManyClients = 11,
     PromptRejected = 12,
     ShuttingDown = 13,
+    /// The peer's uid/gid is not in `publish.allow_uids`/`allow_gids`.
+    AccessDenied = 14,
 }
 
 impl ErrorCode {
@@ -104,6 +106,7 @@ impl ErrorCode {
             11 => TooManyClients,
             12 => PromptRejected,
             13 => ShuttingDown,
+            14 => AccessDenied,
             _ => return None,
         })
     }
