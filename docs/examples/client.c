@@ -164,7 +164,7 @@ static const char *error_name(unsigned code)
         NULL,           "BadMagic",       "UnsupportedVersion", "UnknownType",
         "Malformed",    "BadUtf8",        "TooManyPrompts",     "PromptTooLong",
         "EmptyPrompt",  "UnknownEncoding", "MessageTooLarge",   "TooManyClients",
-        "PromptRejected", "ShuttingDown",
+        "PromptRejected", "ShuttingDown",   "AccessDenied",
     };
     if (code < sizeof names / sizeof names[0] && names[code])
         return names[code];

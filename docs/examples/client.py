@@ -173,15 +173,38 @@ def main():
         sock.connect(args.socket)
     except OSError as e:
         sys.exit("cannot connect to %s: %s (is maskd running?)" % (args.socket, e))
-    sock.send(subscribe_message(args.prompt, args.encoding))
     buf = bytearray(MAX_MESSAGE_LEN)
     view = memoryview(buf)
 
     def recv():
-        n = sock.recv_into(buf)
+        try:
+            n = sock.recv_into(buf)
+        except ConnectionResetError:
+            # The ERROR saying why may still be queued behind the reset
+            # (PROTOCOL.md 2.4, 13 item 13): one more read reports it.
+            timeout = sock.gettimeout()
+            sock.settimeout(0.5)
+            try:
+                n = sock.recv_into(buf)
+            except (OSError, socket.timeout):
+                n = 0
+            sock.settimeout(timeout)
+            if n == 0:
+                raise ProtocolError("maskd reset the connection (ECONNRESET)")
         if n == 0:
             raise ProtocolError("maskd closed the connection")
         return bytes(view[:n])
+
+    try:
+        sock.send(subscribe_message(args.prompt, args.encoding))
+    except (BrokenPipeError, ConnectionResetError) as e:
+        # Refused before we could send: the ERROR may still be readable.
+        reason = "EPIPE" if isinstance(e, BrokenPipeError) else "ECONNRESET"
+        try:
+            parse_prefix(recv())
+        except ProtocolError as err:
+            raise ProtocolError("%s (on sending SUBSCRIBE: %s)" % (err, reason))
+        raise ProtocolError("maskd dropped the connection (%s)" % reason)
 
     # Frames of an earlier subscription may precede the reply; skip them.
     while True:
@@ -214,3 +237,7 @@ if __name__ == "__main__":
         main()
     except (ProtocolError, socket.timeout) as e:
         sys.exit("error: %s" % e)
+    except (ConnectionError, OSError) as e:  # anything else the socket says: one line
+        sys.exit("error: connection to maskd failed: %s" % e)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -240,3 +240,89 @@ fn example_decodes_every_encoding(example: Example) {
         }
     }
 }
+
+/// Runs `client.py --prompt red` against `path` while `serve` plays the server;
+/// returns (exit status, stderr). `None` without python3.
+fn run_python_against(
+    path: &Path,
+    serve: impl FnOnce(),
+) -> Option<(std::process::ExitStatus, String)> {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found: skipping the Python example check");
+        return None;
+    }
+    let child = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/client.py"))
+        .args(["--socket", path.to_str().unwrap(), "--prompt", "red"])
+        .args(["--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    serve();
+    let out = child.wait_with_output().unwrap();
+    Some((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn assert_one_line(stderr: &str, wanted: &str) {
+    assert!(
+        !stderr.contains("Traceback") && stderr.trim().lines().count() == 1,
+        "not one line:\n{stderr}"
+    );
+    assert!(stderr.contains(wanted), "{stderr}");
+}
+
+#[test]
+fn python_example_reports_a_refusal_in_one_line() {
+    let dir = TempDir::new("py-refused");
+    let path = dir.join("maskd.sock");
+    let mut cfg = config(&path);
+    cfg.max_clients = 1;
+    let mut p = Publisher::bind(&cfg, MaskEncoding::Rle).unwrap();
+    let mut d = FakeDirectory::default();
+    let _holder = crate::publish::test_util::RawClient::connect(&path);
+    p.service(&mut d);
+    let Some((status, stderr)) = run_python_against(&path, || {
+        // Until the refused client has read its ERROR and hung up.
+        for _ in 0..MAX_TURNS {
+            p.service(&mut d);
+            if p.stats().rejected == 1 && p.stats().refusing == 0 {
+                return;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }) else {
+        return;
+    };
+    assert!(!status.success());
+    assert_one_line(
+        &stderr,
+        "maskd error 11 (closing): maskd serves at most 1 clients",
+    );
+}
+
+#[test]
+fn python_example_reports_a_reset_in_one_line() {
+    let dir = TempDir::new("py-reset");
+    let path = dir.join("reset.sock");
+    let listener = crate::publish::sock::seqpacket(false).unwrap();
+    let addr = nix::sys::socket::UnixAddr::new(path.as_path()).unwrap();
+    nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&listener), &addr).unwrap();
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(4).unwrap()).unwrap();
+    let Some((status, stderr)) = run_python_against(&path, || {
+        use std::os::fd::AsFd;
+        let conn = nix::sys::socket::accept(&listener).unwrap();
+        // Closing with the SUBSCRIBE unread resets the client's connection.
+        assert!(
+            crate::publish::sock::wait_readable(conn.as_fd(), Duration::from_secs(60)).unwrap()
+        );
+        drop(conn);
+    }) else {
+        return;
+    };
+    assert!(!status.success());
+    assert_one_line(&stderr, "ECONNRESET");
+}
