@@ -1,5 +1,6 @@
 #!/bin/sh
-# Checks systemd/maskd.service (and its Jetson drop-in) offline.
+# Checks systemd/maskd.service (with and without its drop-ins) and
+# systemd/maskd.socket offline.
 #
 # `systemd-analyze verify` exits 0 even on typos and unknown keys (it only
 # warns on stderr), so any output at all is a failure here. The unit's
@@ -35,6 +36,14 @@ check() {
 # The unit alone, then with the drop-ins (systemd-analyze reads the
 # maskd.service.d/ directory beside the unit file).
 check "maskd.service" systemd-analyze verify --man=no "$tmp/maskd.service"
+# The socket unit beside the service it activates (Service=maskd.service is
+# looked up in the same directory).
+cp "$here/maskd.socket" "$tmp/maskd.socket"
+check "maskd.socket" systemd-analyze verify --man=no "$tmp/maskd.socket"
+if ! grep -q '^ListenSequentialPacket=/run/maskd/maskd.sock$' "$tmp/maskd.socket"; then
+    echo "verify.sh: maskd.socket must listen with ListenSequentialPacket= on /run/maskd/maskd.sock" >&2
+    fail=1
+fi
 mkdir "$tmp/maskd.service.d"
 cp "$here"/maskd.service.d/*.conf "$tmp/maskd.service.d/"
 check "maskd.service + drop-ins" systemd-analyze verify --man=no "$tmp/maskd.service"

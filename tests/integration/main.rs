@@ -7,4 +7,5 @@ mod util;
 mod cli_errors;
 mod daemon;
 mod layout;
+mod socket;
 mod sparsify;
