@@ -1,5 +1,5 @@
 //! Test harness: each test gets its own directory, config and socket, and runs
-//! the real `maskd` executable (under `CROSS_RUNNER` when cross-built).
+//! the real `maskd` executable (under `MASKD_TEST_RUNNER` when cross-built).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,10 +11,15 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The maskd command, prefixed by `CROSS_RUNNER` (e.g. qemu) when set.
+/// The maskd command, prefixed by `MASKD_TEST_RUNNER` (e.g. qemu) when set: without
+/// binfmt_misc a cross-built binary cannot be exec'd. Not `CROSS_RUNNER`, which the
+/// `cross` tool reserves and sets to its own runner's name inside its containers.
 pub fn maskd() -> Command {
     let exe = env!("CARGO_BIN_EXE_maskd");
-    match std::env::var("CROSS_RUNNER").ok().filter(|r| !r.is_empty()) {
+    match std::env::var("MASKD_TEST_RUNNER")
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
         Some(runner) => {
             let mut parts = runner.split_whitespace();
             let mut cmd = Command::new(parts.next().unwrap_or_default());
