@@ -2,21 +2,29 @@
 //! ending in maskd's conversion, scaling and appsink, lending RGB frames at the
 //! model's input size to the frame loop without copying.
 //!
-//! Owns the failure handling the field needs: a bus Error, an EOS, or no
-//! frame for `frame_timeout` tears the pipeline down and rebuilds it after an
-//! exponential backoff (`backoff_initial` doubling to `backoff_max`, reset once
-//! frames flow again). Waiting for a retry never blocks the caller longer than
-//! the `wait` it passed, so the loop keeps answering clients and signals while a
+//! Owns the failure handling the field needs: a bus Error or an EOS ends the
+//! stream at once (a frame already waiting is still delivered, later ones are
+//! not), and no frame for `frame_timeout` is the last resort for sources that
+//! stop silently (a truncated mp4 never gets EOS). The pipeline is torn down
+//! and rebuilt after an exponential backoff (`backoff_initial` doubling to
+//! `backoff_max`). A stream that played (frames for `backoff::PLAYED_FOR`)
+//! starts the delays over and is retried at `backoff_initial` for
+//! `backoff::FAST_RETRY_FOR`, so a camera that drops once an hour is back
+//! within a fraction of a second each time, while one that fails at once keeps
+//! backing off. Waiting for a retry never blocks the caller longer than the
+//! `wait` it passed, so the loop keeps answering clients and signals while a
 //! camera is gone. With `looping`, EOS seeks back to the start instead.
 //!
 //! Frames: latest wins. The appsink callback keeps one frame; a newer one
 //! replaces it and the replaced one counts as dropped. `seq` numbers every
 //! frame that reached the appsink, across rebuilds, so gaps are drops.
 //!
-//! Pacing: live sources (the pipeline reports NO_PREROLL: cameras, RTSP,
-//! `videotestsrc is-live=true`) run with `sync=false`, delivering frames as they
-//! arrive. Non-live sources (files) run with `sync=true`, at their native rate,
-//! so a looping demo clip plays like a camera instead of as fast as it decodes.
+//! Pacing: live sources (cameras, RTSP, `videotestsrc is-live=true`, as
+//! GStreamer reports them: see `pipeline.rs`) run with `sync=false`, delivering
+//! frames as they arrive; syncing would hold each RTSP frame for the 2 s of
+//! rtspsrc's jitterbuffer latency. Non-live sources (files) run with
+//! `sync=true`, at their native rate, so a looping demo clip plays like a
+//! camera instead of as fast as it decodes.
 //!
 //! Capture time (`capture_ns`, CLOCK_REALTIME): for live sources, the buffer's
 //! PTS mapped to running time plus the pipeline's base time is the capture
@@ -46,7 +54,7 @@ use crate::contracts::{FrameView, Rect};
 
 use crate::config::SourceConfig;
 use backoff::Backoff;
-use pipeline::{Counters, Event, Pending, Pipeline, Wake};
+use pipeline::{Counters, Event, Liveness, Pending, Pipeline, Wake};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -103,9 +111,14 @@ pub struct SourceStats {
     pub dropped: u64,
     /// Pipeline failures (error, EOS without looping, frame timeout, failed start).
     pub restarts: u64,
+    /// The restarts the frame timeout caused (the rest came from the bus).
+    pub timeouts: u64,
     /// Seeks back to the start on EOS (looping).
     pub loops: u64,
     pub state: SourceState,
+    /// Whether the running pipeline's source is live, as GStreamer answered;
+    /// None until its first frame, while none runs, or if it did not answer.
+    pub live: Option<bool>,
 }
 
 enum State {
@@ -114,6 +127,9 @@ enum State {
         pipeline: Pipeline,
         /// Last frame delivered, seek, or start: the frame timeout counts from here.
         progress: Instant,
+        started: Instant,
+        /// This pipeline's first frame: how long it played when it fails.
+        first_frame: Option<Instant>,
     },
     Retrying {
         at: Instant,
@@ -138,6 +154,7 @@ pub struct Source {
     counters: Arc<Counters>,
     frames: u64,
     restarts: u64,
+    timeouts: u64,
     loops: u64,
     last_error: Option<String>,
     geometry: Geometry,
@@ -163,6 +180,7 @@ impl Source {
             counters,
             frames: 0,
             restarts: 0,
+            timeouts: 0,
             loops: 0,
             last_error: None,
             geometry: Geometry {
@@ -229,9 +247,18 @@ impl Source {
                     }
                     self.retry();
                 }
-                State::Running { pipeline, progress } => match pipeline.wait(deadline) {
+                State::Running {
+                    pipeline,
+                    progress,
+                    started,
+                    first_frame,
+                } => match pipeline.wait(deadline) {
                     Wake::Frame(pending) => {
                         *progress = Instant::now();
+                        if first_frame.is_none() {
+                            *first_frame = Some(*progress);
+                            log_first_frame(pipeline, progress.duration_since(*started));
+                        }
                         if let Some(r) = self.deliver(pending, &mut f) {
                             return Ok(Some(r));
                         }
@@ -253,6 +280,7 @@ impl Source {
                     Wake::Timeout => {
                         if progress.elapsed() >= self.cfg.frame_timeout {
                             let timeout = self.cfg.frame_timeout;
+                            self.timeouts += 1;
                             self.fail(&format!("no frame for {timeout:?}"));
                         }
                     }
@@ -270,11 +298,24 @@ impl Source {
             received: self.counters.received.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             restarts: self.restarts,
+            timeouts: self.timeouts,
             loops: self.loops,
             state: match self.state {
                 State::Idle => SourceState::Idle,
                 State::Running { .. } => SourceState::Running,
                 State::Retrying { at } => SourceState::Retrying { retry_at: at },
+            },
+            live: match &self.state {
+                State::Running {
+                    pipeline,
+                    first_frame: Some(_),
+                    ..
+                } => match pipeline.liveness() {
+                    Liveness::Live => Some(true),
+                    Liveness::NotLive => Some(false),
+                    Liveness::Unknown => None,
+                },
+                _ => None,
             },
         }
     }
@@ -313,18 +354,13 @@ impl Source {
             teardown(pipeline);
             return Err(event);
         }
-        log::info!(
-            "source: playing {} ({})",
-            self.cfg.pipeline,
-            if pipeline.is_live() {
-                "live, unsynchronised"
-            } else {
-                "not live, at native rate"
-            }
-        );
+        log::info!("source: playing {}", self.cfg.pipeline);
+        let now = Instant::now();
         self.state = State::Running {
             pipeline,
-            progress: Instant::now(),
+            progress: now,
+            started: now,
+            first_frame: None,
         };
         Ok(())
     }
@@ -337,14 +373,22 @@ impl Source {
 
     /// Tears the running pipeline down and schedules a rebuild.
     fn fail(&mut self, reason: &str) {
-        if let State::Running { pipeline, .. } = std::mem::replace(&mut self.state, State::Idle) {
+        if let State::Running {
+            pipeline,
+            progress,
+            first_frame,
+            ..
+        } = std::mem::replace(&mut self.state, State::Idle)
+        {
             teardown(pipeline);
+            let played = first_frame.map(|first| progress.duration_since(first));
+            self.backoff.ended(played, Instant::now());
         }
         self.schedule_retry(reason);
     }
 
     fn schedule_retry(&mut self, reason: &str) {
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay(Instant::now());
         self.restarts += 1;
         log::warn!(
             "source: {reason}; rebuilding in {delay:?} (restart {})",
@@ -408,7 +452,6 @@ impl Source {
         if self.last_error.take().is_some() {
             log::info!("source: frames flowing again");
         }
-        self.backoff.reset();
         Some(r)
     }
 }
@@ -482,6 +525,21 @@ impl Drop for Source {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Says how pacing was decided and how long the (re)start took to its first frame.
+fn log_first_frame(pipeline: &Pipeline, after: Duration) {
+    let pacing = match (pipeline.liveness(), pipeline.latency()) {
+        (Liveness::Live, Some(latency)) => {
+            format!("live (latency {latency:?}), unsynchronised")
+        }
+        (Liveness::Live, None) => "live, unsynchronised".to_string(),
+        (Liveness::NotLive, _) => "not live, at native rate".to_string(),
+        (Liveness::Unknown, _) => {
+            "liveness unknown (no answer to the latency query), at native rate".to_string()
+        }
+    };
+    log::info!("source: first frame {after:.0?} after start; {pacing}");
 }
 
 /// Stops a failed pipeline off the caller's thread: some elements block in

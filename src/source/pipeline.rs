@@ -5,12 +5,20 @@
 //! puts it in a one-frame slot (latest wins, the replaced one is counted as
 //! dropped); a bus sync handler records the first Error or EOS in the same
 //! slot. The frame loop waits on the slot's condvar, so a frame, an error or
-//! EOS wakes it at once. Leaves out what to do about errors (that is
-//! `source/mod.rs`: rebuild, loop, backoff).
+//! EOS wakes it at once; once one is recorded the slot takes no more frames,
+//! so a source that keeps producing after an error cannot starve it.
+//!
+//! Whether the source is live is GStreamer's answer, never a guess from
+//! element names: `set_state` returning NO_PREROLL (v4l2src, nvarguscamerasrc,
+//! `videotestsrc is-live=true`), or else the `live` flag of a LATENCY query
+//! sent upstream from the appsink when the first buffer reaches it. RTSP needs
+//! the query: rtspsrc, alone or inside uridecodebin, makes the state change
+//! ASYNC. Leaves out what to do about errors (that is `source/mod.rs`:
+//! rebuild, loop, backoff).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -62,6 +70,33 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// Whether the pipeline's source is live, as GStreamer answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// Not decided yet, or the latency query went unanswered.
+    Unknown,
+    Live,
+    NotLive,
+}
+
+impl Liveness {
+    fn from_u8(v: u8) -> Liveness {
+        match v {
+            1 => Liveness::Live,
+            2 => Liveness::NotLive,
+            _ => Liveness::Unknown,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Liveness::Unknown => 0,
+            Liveness::Live => 1,
+            Liveness::NotLive => 2,
+        }
+    }
+}
+
 /// What woke [`Pipeline::wait`].
 pub(crate) enum Wake {
     Frame(Pending),
@@ -84,11 +119,22 @@ struct Shared {
     slot: Mutex<Slot>,
     wake: Condvar,
     counters: Arc<Counters>,
-    /// Set once `play` found the pipeline live; capture times then come from PTS.
-    live: AtomicBool,
+    /// A [`Liveness`]; decided before the first frame is stored, and capture
+    /// times of live frames come from their PTS.
+    live: AtomicU8,
+    /// The pipeline's minimum latency (ns) from the LATENCY query; u64::MAX unknown.
+    latency_ns: AtomicU64,
 }
 
 impl Shared {
+    fn liveness(&self) -> Liveness {
+        Liveness::from_u8(self.live.load(Ordering::Relaxed))
+    }
+
+    fn set_liveness(&self, live: Liveness) {
+        self.live.store(live.as_u8(), Ordering::Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Slot> {
         // The slot holds plain data; a panic elsewhere cannot leave it torn.
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
@@ -162,8 +208,25 @@ impl Pipeline {
             slot: Mutex::new(Slot::default()),
             wake: Condvar::new(),
             counters,
-            live: AtomicBool::new(false),
+            live: AtomicU8::new(Liveness::Unknown.as_u8()),
+            latency_ns: AtomicU64::new(u64::MAX),
         });
+        let sink_pad = appsink
+            .static_pad("sink")
+            .ok_or_else(|| internal("maskd's appsink has no sink pad"))?;
+        // Runs on the streaming thread before the first buffer reaches the
+        // sink, so a live source gets `sync=false` before that buffer would
+        // wait out the pipeline latency (2 s for rtspsrc's jitterbuffer).
+        sink_pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            {
+                let shared = Arc::clone(&shared);
+                move |pad, _| {
+                    decide_liveness(pad, &shared);
+                    gst::PadProbeReturn::Remove
+                }
+            },
+        );
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample({
@@ -187,14 +250,15 @@ impl Pipeline {
         })
     }
 
-    /// Sets the pipeline playing. Live sources (the state change reports
-    /// NO_PREROLL) get `sync=false`: their frames arrive in real time and
-    /// syncing would only add the pipeline latency. Files keep `sync=true` so
-    /// they play at their native rate instead of as fast as they decode.
+    /// Sets the pipeline playing. Live sources get `sync=false`: their frames
+    /// arrive in real time and syncing would only add the pipeline latency.
+    /// Files keep `sync=true` so they play at their native rate instead of as
+    /// fast as they decode. NO_PREROLL here decides it at once; otherwise the
+    /// first buffer's latency query does.
     pub(crate) fn play(&self) -> Result<(), Event> {
         match self.pipeline.set_state(gst::State::Playing) {
             Ok(gst::StateChangeSuccess::NoPreroll) => {
-                self.shared.live.store(true, Ordering::Relaxed);
+                self.shared.set_liveness(Liveness::Live);
                 self.appsink.set_property("sync", false);
                 Ok(())
             }
@@ -211,9 +275,23 @@ impl Pipeline {
         }
     }
 
-    /// Whether `play` found a live source.
-    pub(crate) fn is_live(&self) -> bool {
-        self.shared.live.load(Ordering::Relaxed)
+    /// Whether the source is live; decided by the time the first frame is stored.
+    pub(crate) fn liveness(&self) -> Liveness {
+        self.shared.liveness()
+    }
+
+    /// The minimum latency upstream of the appsink, when the query answered.
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        match self.shared.latency_ns.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The GStreamer pipeline, for tests that post messages on its bus.
+    #[cfg(test)]
+    pub(crate) fn element(&self) -> &gst::Pipeline {
+        &self.pipeline
     }
 
     /// Waits until a frame or an event arrives, or `deadline` passes.
@@ -302,17 +380,27 @@ fn realtime_now_ns() -> u64 {
 fn on_sample(sink: &gst_app::AppSink, shared: &Shared) -> Result<gst::FlowSuccess, gst::FlowError> {
     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
     let arrival = realtime_now_ns();
-    let capture_ns = if shared.live.load(Ordering::Relaxed) {
+    let capture_ns = if shared.liveness() == Liveness::Live {
         live_capture_ns(sink, &sample, arrival)
     } else {
         arrival
     };
     let seq = shared.counters.received.fetch_add(1, Ordering::Relaxed);
-    let replaced = shared.lock().frame.replace(Pending {
+    let mut slot = shared.lock();
+    if slot.event.is_some() {
+        // The stream has ended for the loop; a frame now would only delay
+        // the rebuild by being delivered first.
+        drop(slot);
+        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        drop(sample);
+        return Ok(gst::FlowSuccess::Ok);
+    }
+    let replaced = slot.frame.replace(Pending {
         sample,
         seq,
         capture_ns,
     });
+    drop(slot);
     if replaced.is_some() {
         shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
@@ -320,6 +408,30 @@ fn on_sample(sink: &gst_app::AppSink, shared: &Shared) -> Result<gst::FlowSucces
     // `replaced` (a whole frame) is released here, after the lock.
     drop(replaced);
     Ok(gst::FlowSuccess::Ok)
+}
+
+/// Asks upstream of the appsink's `pad` whether the source is live, unless
+/// `play` already knew, and turns syncing off for a live one. Streaming thread.
+fn decide_liveness(pad: &gst::Pad, shared: &Shared) {
+    if shared.liveness() != Liveness::Unknown {
+        return;
+    }
+    let mut query = gst::query::Latency::new();
+    if !pad.peer_query(&mut query) {
+        return;
+    }
+    let (live, min, _max) = query.result();
+    shared
+        .latency_ns
+        .store(min.nseconds().min(u64::MAX - 1), Ordering::Relaxed);
+    if live {
+        shared.set_liveness(Liveness::Live);
+        if let Some(sink) = pad.parent_element() {
+            sink.set_property("sync", false);
+        }
+    } else {
+        shared.set_liveness(Liveness::NotLive);
+    }
 }
 
 /// A live source stamps buffers with the running time of capture; base time

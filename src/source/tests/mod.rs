@@ -1,5 +1,7 @@
 //! In-process tests of the source with `videotestsrc` and generated files in
-//! a temporary directory (never a camera). Short timeouts keep them quick.
+//! a temporary directory (never a camera; `rtsp.rs` serves a fake one on
+//! loopback). Short timeouts keep them quick. `recovery.rs`: how a stream
+//! ends, the backoff after it, live detection.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +11,9 @@ use gstreamer::prelude::*;
 
 use super::*;
 use crate::config::ResizeMode;
+
+mod recovery;
+mod rtsp;
 
 fn cfg(pipeline: &str, looping: bool) -> SourceConfig {
     SourceConfig {
