@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use super::sock;
-use super::wire::{self, ErrorCode, FrameHeader, ServerMessage, WireError};
+use super::wire::{self, ErrorCode, FrameHeader, FrameMasks, ServerMessage, WireError};
 use crate::config::MaskEncoding;
 use crate::contracts::PromptId;
 use crate::masks::{self, DecodeError};
@@ -22,6 +22,11 @@ use crate::masks::{self, DecodeError};
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames that arrive while waiting for a PONG are kept for `recv`, up to this many.
 const MAX_STASHED: usize = 8;
+/// Largest mask side a server sends (`[masks] width`/`height` are 1..=4096, PROTOCOL.md).
+/// With at most `MAX_PROMPTS` masks a frame decodes to 512 MiB at the very most; the
+/// per-mask limit alone (`masks::MAX_PIXELS`) let a 1.3 KB FRAME claiming 64 masks of
+/// 8192 x 8192 ask for 4 GiB, and 65,535 of them for 4 TiB.
+const MAX_MASK_SIDE: u32 = 4096;
 
 /// One received frame, masks decoded to 0/1 bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +35,50 @@ pub struct FrameMessage {
     /// In the server's order; only prompts this client subscribed to whose mask
     /// existed for this frame.
     pub masks: Vec<ReceivedMask>,
+}
+
+impl FrameMessage {
+    /// Decodes every mask of a parsed FRAME; what [`Client::recv`] returns. Public so
+    /// that a client reading its own buffers, and the fuzz targets, decode the same way.
+    pub fn decode(
+        header: FrameHeader,
+        masks: &FrameMasks<'_>,
+    ) -> Result<FrameMessage, ClientError> {
+        let (count, width, height) = (header.mask_count, header.mask_width, header.mask_height);
+        if count > 0
+            && (usize::from(count) > wire::MAX_PROMPTS
+                || width > MAX_MASK_SIDE
+                || height > MAX_MASK_SIDE)
+        {
+            return Err(ClientError::FrameTooLarge {
+                count,
+                width,
+                height,
+            });
+        }
+        let mut out = Vec::with_capacity(usize::from(header.mask_count));
+        for m in masks.iter() {
+            let mut bits = Vec::new();
+            masks::decode(
+                header.encoding,
+                m.payload,
+                header.mask_width,
+                header.mask_height,
+                &mut bits,
+            )
+            .map_err(|source| ClientError::Mask {
+                prompt_id: m.prompt_id,
+                source,
+            })?;
+            out.push(ReceivedMask {
+                prompt_id: m.prompt_id,
+                score: m.score,
+                coverage: m.coverage,
+                bits,
+            });
+        }
+        Ok(FrameMessage { header, masks: out })
+    }
 }
 
 /// One prompt's mask in a received frame.
@@ -52,6 +101,11 @@ pub enum ClientError {
     Io(#[from] Errno),
     #[error("bad message from maskd: {0}")]
     Wire(#[from] WireError),
+    #[error(
+        "frame of {count} masks of {width}x{height}: maskd sends at most {} masks of at most {MAX_MASK_SIDE}x{MAX_MASK_SIDE}",
+        wire::MAX_PROMPTS
+    )]
+    FrameTooLarge { count: u16, width: u32, height: u32 },
     #[error("mask of prompt {prompt_id}: {source}")]
     Mask {
         prompt_id: PromptId,
@@ -203,28 +257,7 @@ impl Client {
             };
             match wire::parse_server(raw)? {
                 ServerMessage::Frame(header, masks) => {
-                    let mut out = Vec::with_capacity(usize::from(header.mask_count));
-                    for m in masks.iter() {
-                        let mut bits = Vec::new();
-                        masks::decode(
-                            header.encoding,
-                            m.payload,
-                            header.mask_width,
-                            header.mask_height,
-                            &mut bits,
-                        )
-                        .map_err(|source| ClientError::Mask {
-                            prompt_id: m.prompt_id,
-                            source,
-                        })?;
-                        out.push(ReceivedMask {
-                            prompt_id: m.prompt_id,
-                            score: m.score,
-                            coverage: m.coverage,
-                            bits,
-                        });
-                    }
-                    return Ok(Some(FrameMessage { header, masks: out }));
+                    return FrameMessage::decode(header, &masks).map(Some);
                 }
                 ServerMessage::Error {
                     code,

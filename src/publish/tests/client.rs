@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::MaskEncoding;
 use crate::contracts::PromptId;
 use crate::publish::test_util::{config, frame, pattern, FakeDirectory, TempDir};
-use crate::publish::wire::ErrorCode;
+use crate::publish::wire::{self, ErrorCode};
 use crate::publish::{Client, ClientError, FrameMessage, Publisher};
 
 /// Upper bound on loop turns while a client finishes (a hang guard, not a timing check).
@@ -111,6 +111,55 @@ fn connecting_to_nothing_names_the_path() {
         err.contains("absent.sock") && err.contains("is maskd running"),
         "{err}"
     );
+}
+
+/// A FRAME of `count` RLE masks of `width` x `height`, each one background run.
+fn one_run_frame(count: u16, width: u32, height: u32) -> Vec<u8> {
+    let header = wire::FrameHeader {
+        seq: 1,
+        capture_ns: 0,
+        publish_ns: 0,
+        frame_width: 640,
+        frame_height: 480,
+        mask_width: width,
+        mask_height: height,
+        mask_count: count,
+        encoding: MaskEncoding::Rle,
+        dropped: 0,
+    };
+    let mut run = Vec::new();
+    crate::masks::rle::push_varint(&mut run, u64::from(width) * u64::from(height));
+    let mut msg = Vec::new();
+    header.write(&mut msg);
+    for id in 0..u32::from(count) {
+        wire::write_mask(&mut msg, id, 0.5, 0.0, &run);
+    }
+    msg
+}
+
+fn decode_frame(msg: &[u8]) -> Result<FrameMessage, ClientError> {
+    match wire::parse_server(msg)? {
+        wire::ServerMessage::Frame(header, masks) => FrameMessage::decode(header, &masks),
+        other => panic!("not a FRAME: {other:?}"),
+    }
+}
+
+/// 64 masks of 8192 x 8192 in a 1,336-byte FRAME each passed the decoder's per-mask
+/// limit and together made the client allocate 4 GiB (libFuzzer's out-of-memory in
+/// `fuzz/`, target `server_message`, seed `oom-64-masks-8192`). Beyond what a server
+/// sends, a FRAME is refused before anything is decoded.
+#[test]
+fn a_frame_larger_than_a_server_sends_is_refused_undecoded() {
+    let largest = decode_frame(&one_run_frame(32, 4096, 1)).unwrap();
+    assert_eq!(largest.masks.len(), 32);
+    assert!(largest.masks.iter().all(|m| m.bits.len() == 4096));
+    assert!(decode_frame(&one_run_frame(0, 100_000, 100_000)).is_ok());
+    for (count, width, height) in [(33, 1, 1), (1, 4097, 1), (1, 1, 4097), (64, 8192, 8192)] {
+        match decode_frame(&one_run_frame(count, width, height)) {
+            Err(ClientError::FrameTooLarge { .. }) => {}
+            other => panic!("{count} masks of {width}x{height}: {other:?}"),
+        }
+    }
 }
 
 /// The example clients of `docs/examples/`, written from `docs/PROTOCOL.md` alone.
