@@ -200,9 +200,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+mod diff;
 mod raw;
 #[cfg(test)]
 mod tests;
+
+pub use diff::changed_keys;
 
 pub const DEFAULT_LOOPING: bool = false;
 pub const DEFAULT_RESIZE: ResizeMode = ResizeMode::Letterbox;
@@ -231,8 +234,9 @@ pub const CONFIG_DIR_VAR: &str = "config_dir";
 /// and `Invalid` also name the dotted key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    Read { path: PathBuf, source: io::Error },
+    /// The file could not be read. The io error is part of this message, so it is
+    /// not also the error's `source` (that would print it twice under `{:#}`).
+    Read { path: PathBuf, cause: io::Error },
     /// TOML syntax, unknown key, wrong type or missing key (serde's message).
     Syntax {
         path: PathBuf,
@@ -253,7 +257,7 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Read { path, source } => write!(f, "{}: {source}", path.display()),
+            ConfigError::Read { path, cause } => write!(f, "{}: {cause}", path.display()),
             ConfigError::Syntax {
                 path,
                 position,
@@ -278,9 +282,9 @@ impl fmt::Display for ConfigError {
 
 /// Reads and validates the configuration at `path`.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     parse(&text, path).with_context(|| format!("loading configuration {}", path.display()))
 }

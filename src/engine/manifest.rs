@@ -14,8 +14,10 @@ use serde::Deserialize;
 /// Why a manifest was rejected. Every variant names the manifest file.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    /// The io errors are part of these messages, so they are not also the errors'
+    /// `source` (a field named `source` would be, and `{:#}` would print it twice).
+    #[error("{}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
     /// TOML syntax, a wrong type or an unknown key; `line:col` locate it.
     #[error("{}:{line}:{col}: {message}", path.display())]
     Parse {
@@ -31,12 +33,12 @@ pub enum ManifestError {
         reason: String,
     },
     /// A file the manifest names is missing or unreadable.
-    #[error("{}: {key}: {}: {source}", path.display(), file.display())]
+    #[error("{}: {key}: {}: {cause}", path.display(), file.display())]
     File {
         path: PathBuf,
         key: String,
         file: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -215,9 +217,9 @@ fn default_threshold() -> f32 {
 impl Manifest {
     /// Reads, validates and resolves the manifest at `path`; every file it names must exist.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ManifestError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let manifest = Manifest::parse(&text, path)?;
         manifest.check_files()?;
@@ -407,12 +409,12 @@ impl Manifest {
                     ))
                 }
             });
-            if let Err(source) = meta {
+            if let Err(cause) = meta {
                 return Err(ManifestError::File {
                     path: self.path.clone(),
                     key,
                     file: self.relative(file).to_owned(),
-                    source,
+                    cause,
                 });
             }
         }

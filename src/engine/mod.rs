@@ -10,6 +10,7 @@
 //! Leaves out: sockets, pipelines, encoding masks for the wire.
 
 pub mod device;
+mod external;
 pub mod manifest;
 pub mod ops;
 pub mod plan;
@@ -54,14 +55,29 @@ pub struct Engine {
     generation: Option<u64>,
 }
 
-impl Engine {
-    /// Loads the manifest and every graph, checks them, registers and starts encoding the
-    /// config's prompts. Errors name the manifest or graph file, the key and the reason.
-    ///
-    /// The one constructor: the daemon, `maskd eval` and `maskd bench` all build their
-    /// engine here from an `[engine]` and a `[prompts]` section, so a figure measured by
-    /// a tool comes from the code that serves masks.
-    pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
+/// A model loaded and planned but not yet serving: what [`Engine::swap_model`] takes.
+/// Built off the frame loop (it is `Send`), so a reload never stalls frames.
+#[derive(Debug)]
+pub struct Model {
+    manifest: Manifest,
+    pre: Preprocessor,
+    seg: Segmenter,
+    post: Postprocessor,
+    tokenizer: Tokenizer,
+    worker: EncoderWorker,
+    /// Embeddings by the new encoder of the prompts live when the load began.
+    encoded: Vec<text::Response>,
+}
+
+impl Model {
+    /// Loads the manifest and every graph, checks them, and embeds `live` (id, text)
+    /// with the new text encoder before its worker starts. Errors name the manifest or
+    /// graph file, the key and the reason.
+    pub fn load(
+        cfg: &EngineConfig,
+        prompts: &PromptsConfig,
+        live: &[(PromptId, String)],
+    ) -> anyhow::Result<Model> {
         let manifest = Manifest::load(&cfg.manifest)?;
         let target = device::resolve(cfg.device)?;
         let options = PlanOptions::for_engine(cfg, target);
@@ -73,18 +89,7 @@ impl Engine {
             );
         }
         let threads = cfg.threads;
-        let thresholds = Thresholds {
-            mask: prompts
-                .mask_threshold
-                .unwrap_or(manifest.segmenter.mask_threshold),
-            score: prompts
-                .score_threshold
-                .unwrap_or(manifest.segmenter.score_threshold),
-        };
-        manifest::check_threshold(thresholds.mask)
-            .map_err(|r| anyhow::anyhow!("prompts.mask_threshold: {r}"))?;
-        manifest::check_threshold(thresholds.score)
-            .map_err(|r| anyhow::anyhow!("prompts.score_threshold: {r}"))?;
+        let thresholds = thresholds(&manifest, prompts)?;
 
         let tokenizer = Tokenizer::from_vocab_file(
             &manifest.text.vocab,
@@ -92,11 +97,18 @@ impl Engine {
             manifest.text.max_tokens,
         )
         .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
-        let encoder = TextEncoder::load(&manifest)?;
+        let mut encoder = TextEncoder::load(&manifest)?;
         let seg = Segmenter::load(&manifest, &options)?;
+        let mut encoded = Vec::with_capacity(live.len());
+        for (id, text) in live {
+            let tokens = tokenizer.encode(text);
+            // Too long for this tokenizer: the swap marks it failed with the reason.
+            if tokens.dropped == 0 {
+                let result = encoder.encode(&tokens.ids).map_err(|e| format!("{e:#}"));
+                encoded.push(text::Response { id: *id, result });
+            }
+        }
         let worker = EncoderWorker::spawn(encoder).context("starting the text encoder thread")?;
-        let registry = PromptRegistry::new(tokenizer, worker, &prompts.text, prompts.max_prompts)
-            .map_err(|e| anyhow::anyhow!("prompts.text: {e}"))?;
         let pre = Preprocessor::new(&manifest.image);
         let post = Postprocessor::new(
             manifest.segmenter.mask_size,
@@ -118,15 +130,95 @@ impl Engine {
             seg.sparse().summary(),
             options.sparse_kernel.as_str()
         );
-        Ok(Engine {
+        Ok(Model {
             manifest,
             pre,
             seg,
             post,
+            tokenizer,
+            worker,
+            encoded,
+        })
+    }
+
+    /// The frame size this model takes, `(width, height)`.
+    pub fn input_size(&self) -> (u32, u32) {
+        (self.manifest.image.width, self.manifest.image.height)
+    }
+}
+
+/// The decision thresholds: the config's overrides over the manifest's, checked.
+fn thresholds(manifest: &Manifest, prompts: &PromptsConfig) -> anyhow::Result<Thresholds> {
+    let thresholds = Thresholds {
+        mask: prompts
+            .mask_threshold
+            .unwrap_or(manifest.segmenter.mask_threshold),
+        score: prompts
+            .score_threshold
+            .unwrap_or(manifest.segmenter.score_threshold),
+    };
+    manifest::check_threshold(thresholds.mask)
+        .map_err(|r| anyhow::anyhow!("prompts.mask_threshold: {r}"))?;
+    manifest::check_threshold(thresholds.score)
+        .map_err(|r| anyhow::anyhow!("prompts.score_threshold: {r}"))?;
+    Ok(thresholds)
+}
+
+impl Engine {
+    /// Loads the manifest and every graph, checks them, registers and starts encoding the
+    /// config's prompts. Errors name the manifest or graph file, the key and the reason.
+    ///
+    /// The one constructor: the daemon, `maskd eval` and `maskd bench` all build their
+    /// engine here from an `[engine]` and a `[prompts]` section, so a figure measured by
+    /// a tool comes from the code that serves masks.
+    pub fn load(cfg: &EngineConfig, prompts: &PromptsConfig) -> anyhow::Result<Engine> {
+        let model = Model::load(cfg, prompts, &[])?;
+        let registry = PromptRegistry::new(
+            model.tokenizer,
+            model.worker,
+            &prompts.text,
+            prompts.max_prompts,
+        )
+        .map_err(|e| anyhow::anyhow!("prompts.text: {e}"))?;
+        Ok(Engine {
+            manifest: model.manifest,
+            pre: model.pre,
+            seg: model.seg,
+            post: model.post,
             prompts: registry,
             active: Vec::new(),
             generation: None,
         })
+    }
+
+    /// Takes `model` (built by [`Model::load`], typically on another thread while this
+    /// engine kept serving) in place of the running one, between two frames. The prompt
+    /// registry stays: every live prompt keeps its id, and the new model's embeddings of
+    /// them, made before the swap, run from the next frame on.
+    pub fn swap_model(&mut self, model: Model) {
+        self.manifest = model.manifest;
+        self.pre = model.pre;
+        self.seg = model.seg;
+        self.post = model.post;
+        self.prompts
+            .replace_encoder(model.tokenizer, model.worker, model.encoded);
+        // The new segmenter has no text rows yet.
+        self.generation = None;
+    }
+
+    /// Reload of `[prompts]`: the pinned prompts, thresholds and prompt limit, checked in
+    /// full before anything changes (on an error the running ones stay).
+    pub fn set_prompts(&mut self, prompts: &PromptsConfig) -> anyhow::Result<()> {
+        let thresholds = thresholds(&self.manifest, prompts)?;
+        self.prompts
+            .set_pinned(&prompts.text, prompts.max_prompts)
+            .map_err(|e| anyhow::anyhow!("prompts.text: {e}"))?;
+        self.post = Postprocessor::new(
+            self.manifest.segmenter.mask_size,
+            (self.manifest.image.width, self.manifest.image.height),
+            thresholds,
+        );
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -334,6 +426,89 @@ mod tests {
             format!("{err:#}"),
             "frame 1: frame is 32x32 but the model takes 64x64"
         );
+    }
+
+    #[test]
+    fn a_swapped_model_serves_the_same_prompt_ids_from_the_next_frame() {
+        let (e, p) = configs(&["red circle"]);
+        let mut engine = Engine::load(&e, &p).unwrap();
+        let client = engine.prompts().intern("blue square").unwrap();
+        assert!(engine
+            .prompts()
+            .wait_for(&[0, client], Duration::from_secs(30)));
+        let rgb = fixture_rgb(64, 64);
+        let masks = MaskConfig {
+            width: 32,
+            height: 24,
+            encoding: MaskEncoding::Rle,
+        };
+        let mut before = MaskSet::default();
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut before)
+            .unwrap();
+        assert_eq!(before.len, 2);
+
+        // Another plan of the same graphs (tract's nodes, dense), loaded as reload does.
+        let other = EngineConfig {
+            fused_ops: false,
+            sparse_kernel: SparseKernel::Dense,
+            ..e.clone()
+        };
+        let model = Model::load(&other, &p, &engine.prompts().snapshot()).unwrap();
+        assert_eq!(model.input_size(), (64, 64));
+        engine.swap_model(model);
+        let mut after = MaskSet::default();
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut after)
+            .unwrap();
+        // Pre-encoded before the swap: no frame runs without the prompts.
+        assert_eq!(after.len, 2);
+        for (a, b) in before.masks().iter().zip(after.masks()) {
+            assert_eq!(a.prompt_id, b.prompt_id);
+            let differ = a.bits.iter().zip(&b.bits).filter(|(x, y)| x != y).count();
+            assert!(differ <= 2, "{differ} of {} pixels moved", a.bits.len());
+        }
+    }
+
+    #[test]
+    fn reloaded_prompts_and_thresholds_apply_or_leave_everything_as_it_was() {
+        let (e, p) = configs(&["red circle"]);
+        let mut engine = Engine::load(&e, &p).unwrap();
+        let mut bad = p.clone();
+        bad.text = vec!["blue square".into()];
+        bad.mask_threshold = Some(0.0);
+        let err = format!("{:#}", engine.set_prompts(&bad).unwrap_err());
+        assert_eq!(
+            err,
+            "prompts.mask_threshold: 0 is not strictly between 0 and 1"
+        );
+        assert_eq!(engine.prompts().text(0), Some("red circle"));
+
+        let rgb = fixture_rgb(64, 64);
+        let masks = MaskConfig {
+            width: 32,
+            height: 24,
+            encoding: MaskEncoding::Rle,
+        };
+        let mut out = MaskSet::default();
+        let mut good = p.clone();
+        good.text = vec!["blue square".into()];
+        // No presence gate, so the pixel threshold alone decides.
+        good.score_threshold = Some(1e-6);
+        // A threshold almost every pixel passes, then one none passes: each reload must
+        // show in the masks of the next frame.
+        for (threshold, covered) in [(1e-6, true), (0.999_999, false)] {
+            good.mask_threshold = Some(threshold);
+            engine.set_prompts(&good).unwrap();
+            assert_eq!(engine.prompts().text(0), None);
+            assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+            engine
+                .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+                .unwrap();
+            assert_eq!(out.len, 1);
+            assert_eq!(out.masks()[0].prompt_id, 1);
+            assert_eq!(out.masks()[0].coverage > 0.0, covered, "{threshold}");
+        }
     }
 
     #[test]

@@ -188,9 +188,16 @@ impl Plan {
     ) -> anyhow::Result<Plan> {
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info);
         nm_matmul::register(&mut onnx);
-        let mut model = onnx
-            .model_for_path(file)
-            .with_context(|| format!("{}: loading the ONNX graph", shown.display()))?;
+        let mut model = match onnx.model_for_path(file) {
+            Ok(model) => model,
+            Err(err) => {
+                let err = match super::external::diagnose(file, shown) {
+                    Some(why) => err.context(why),
+                    None => err,
+                };
+                return Err(err.context(format!("{}: loading the ONNX graph", shown.display())));
+            }
+        };
         pin_inputs(&mut model, shown, inputs)?;
         select_outputs(&mut model, shown, outputs)?;
         let mut typed = model

@@ -182,7 +182,123 @@ impl PromptRegistry {
         &self.tokenizer
     }
 
-    fn add(&mut self, text: &str, pinned: bool) -> Result<PromptId, String> {
+    /// Reload of `prompts.text`: `texts` become the pinned prompts. A text already live
+    /// (pinned before, or asked for by a client) keeps its id, so no subscriber sees
+    /// its masks change identity; a new one gets a fresh id; a formerly pinned prompt
+    /// no client references is forgotten. Checked in full before anything changes:
+    /// on an error the running set is untouched.
+    pub fn set_pinned(&mut self, texts: &[String], max_prompts: usize) -> Result<(), String> {
+        let mut wanted: Vec<&str> = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let trimmed = text.trim();
+            if let Some(first) = wanted.iter().position(|w| *w == trimmed) {
+                return Err(format!("prompt {i} {text:?} repeats prompt {first}"));
+            }
+            if !self.by_text.contains_key(trimmed) {
+                self.check_new(trimmed)
+                    .map_err(|e| format!("prompt {i} {text:?}: {e}"))?;
+            }
+            wanted.push(trimmed);
+        }
+        let max = max_prompts.max(texts.len());
+        let kept = self
+            .entries
+            .values()
+            .filter(|e| e.refs > 0 || wanted.contains(&e.text.as_str()))
+            .count();
+        let added = wanted
+            .iter()
+            .filter(|w| !self.by_text.contains_key(**w))
+            .count();
+        if kept + added > max {
+            return Err(format!(
+                "{} prompts would be live with the clients' own, prompts.max_prompts is {max_prompts}",
+                kept + added
+            ));
+        }
+
+        self.max_prompts = max;
+        let unpinned: Vec<PromptId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.pinned && !wanted.contains(&e.text.as_str()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unpinned {
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.pinned = false;
+                if e.refs == 0 {
+                    self.forget(id);
+                }
+            }
+        }
+        for text in wanted {
+            match self.by_text.get(text) {
+                Some(&id) => {
+                    if let Some(e) = self.entries.get_mut(&id) {
+                        e.pinned = true;
+                    }
+                }
+                None => {
+                    self.add(text, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Live prompts by id and text: what a new model must encode before it takes over.
+    pub fn snapshot(&self) -> Vec<(PromptId, String)> {
+        self.entries
+            .iter()
+            .map(|(id, e)| (*id, e.text.clone()))
+            .collect()
+    }
+
+    /// A model swap: the new model's tokenizer and encoder take over every live prompt,
+    /// ids, references and pins unchanged. `encoded` holds embeddings the new encoder
+    /// already made for a [`PromptRegistry::snapshot`]; every other prompt is
+    /// re-tokenized and queued. A prompt too long for the new tokenizer fails (logged)
+    /// instead of running with the old model's embedding, which the new model cannot read.
+    pub fn replace_encoder(
+        &mut self,
+        tokenizer: Tokenizer,
+        worker: EncoderWorker,
+        encoded: Vec<Response>,
+    ) {
+        self.tokenizer = tokenizer;
+        self.worker = worker;
+        self.backlog.clear();
+        let mut encoded: HashMap<PromptId, Result<Vec<f32>, String>> =
+            encoded.into_iter().map(|r| (r.id, r.result)).collect();
+        for (&id, entry) in self.entries.iter_mut() {
+            let tokens = self.tokenizer.encode(&entry.text);
+            if tokens.dropped > 0 {
+                let reason = format!(
+                    "prompt is {} tokens long, the new model takes at most {}",
+                    tokens.ids.len() + tokens.dropped,
+                    self.tokenizer.max_tokens()
+                );
+                log::error!("prompt {id} {:?}: {reason}", entry.text);
+                entry.embedding = Embedding::Failed(reason);
+                continue;
+            }
+            entry.tokens = tokens.ids;
+            entry.embedding = match encoded.remove(&id) {
+                Some(Ok(v)) => Embedding::Ready(v),
+                Some(Err(e)) => Embedding::Failed(e),
+                None => {
+                    self.backlog.push_back(id);
+                    Embedding::Pending
+                }
+            };
+        }
+        self.generation += 1;
+        self.feed();
+    }
+
+    /// The checks `add` makes on a new text, without adding it.
+    fn check_new(&self, text: &str) -> Result<(), String> {
         if text.is_empty() {
             return Err("prompt is empty".into());
         }
@@ -190,12 +306,6 @@ impl PromptRegistry {
             return Err(format!(
                 "prompt is {} bytes long, at most {MAX_PROMPT_BYTES} are accepted",
                 text.len()
-            ));
-        }
-        if self.entries.len() >= self.max_prompts {
-            return Err(format!(
-                "too many prompts: {} are live (prompts.max_prompts)",
-                self.entries.len()
             ));
         }
         let tokens = self.tokenizer.encode(text);
@@ -206,6 +316,27 @@ impl PromptRegistry {
                 self.tokenizer.max_tokens()
             ));
         }
+        Ok(())
+    }
+
+    fn forget(&mut self, id: PromptId) {
+        if let Some(e) = self.entries.remove(&id) {
+            self.by_text.remove(&e.text);
+            if matches!(e.embedding, Embedding::Ready(_)) {
+                self.generation += 1;
+            }
+        }
+    }
+
+    fn add(&mut self, text: &str, pinned: bool) -> Result<PromptId, String> {
+        self.check_new(text)?;
+        if self.entries.len() >= self.max_prompts {
+            return Err(format!(
+                "too many prompts: {} are live (prompts.max_prompts)",
+                self.entries.len()
+            ));
+        }
+        let tokens = self.tokenizer.encode(text);
         let id = self.next_id;
         self.next_id = id
             .checked_add(1)
@@ -295,12 +426,7 @@ impl PromptDirectory for PromptRegistry {
         if e.refs > 0 || e.pinned {
             return;
         }
-        if let Some(e) = self.entries.remove(&id) {
-            self.by_text.remove(&e.text);
-            if matches!(e.embedding, Embedding::Ready(_)) {
-                self.generation += 1;
-            }
-        }
+        self.forget(id);
     }
 
     fn text(&self, id: PromptId) -> Option<&str> {
@@ -401,6 +527,95 @@ mod tests {
             registry(&[""], 4).unwrap_err(),
             "prompt 0 \"\": prompt is empty"
         );
+    }
+
+    fn texts(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn reloaded_pinned_prompts_keep_live_ids_and_drop_unreferenced_ones() {
+        let mut reg = registry(&["red", "blue"], 8).unwrap();
+        let client = reg.intern("green").unwrap();
+        assert!(reg.wait_for_pinned(Duration::from_secs(30)));
+        reg.set_pinned(&texts(&["blue", "green", "yellow"]), 8)
+            .unwrap();
+        // "red" was pinned only: gone. "blue" keeps id 1, the client's "green" keeps its
+        // id and is now pinned, "yellow" is new with a fresh id.
+        assert_eq!(reg.text(0), None);
+        assert_eq!(reg.text(1), Some("blue"));
+        assert_eq!(reg.text(client), Some("green"));
+        let yellow = reg.intern("yellow").unwrap();
+        assert!(yellow > client);
+        reg.release(client);
+        assert_eq!(reg.text(client), Some("green"), "pinned by the reload");
+        assert!(reg.wait_for_pinned(Duration::from_secs(30)));
+        let ids: Vec<PromptId> = reg.runnable().map(|(id, _)| id).collect();
+        assert_eq!(ids, [1, client, yellow]);
+        // Unpinned while a client still holds it: stays until released.
+        let held = reg.intern("blue").unwrap();
+        reg.set_pinned(&texts(&["green"]), 8).unwrap();
+        assert_eq!(reg.text(held), Some("blue"));
+        reg.release(held);
+        assert_eq!(reg.text(held), None);
+    }
+
+    #[test]
+    fn a_rejected_pinned_reload_changes_nothing() {
+        let mut reg = registry(&["red"], 3).unwrap();
+        let _client = reg.intern("blue").unwrap();
+        for (bad, why) in [
+            (
+                texts(&["red", " red"]),
+                "prompt 1 \" red\" repeats prompt 0",
+            ),
+            (texts(&["red", ""]), "prompt 1 \"\": prompt is empty"),
+            (
+                texts(&["red", "a b c d e f g h i j k l m n o p q"]),
+                "tokens long",
+            ),
+            (
+                texts(&["x", "y", "z"]),
+                "4 prompts would be live with the clients' own, prompts.max_prompts is 3",
+            ),
+        ] {
+            let err = reg.set_pinned(&bad, 3).unwrap_err();
+            assert!(err.contains(why), "{err}");
+            assert_eq!(reg.snapshot(), [(0, "red".into()), (1, "blue".into())]);
+        }
+    }
+
+    #[test]
+    fn a_new_encoder_takes_over_every_prompt_with_its_id() {
+        let mut reg = registry(&["red"], 8).unwrap();
+        let client = reg.intern("blue").unwrap();
+        assert!(reg.wait_for(&[0, client], Duration::from_secs(30)));
+        let before: Vec<(PromptId, Vec<f32>)> =
+            reg.runnable().map(|(id, v)| (id, v.to_vec())).collect();
+
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
+        let m = Manifest::load(&path).unwrap();
+        let tok = Tokenizer::from_vocab_file(&m.text.vocab, true, m.text.max_tokens).unwrap();
+        let mut encoder = TextEncoder::load(&m).unwrap();
+        // The new encoder made "red" ahead of the swap; "blue" it has to queue.
+        let red = encoder.encode(&tok.encode("red").ids).unwrap();
+        let worker = EncoderWorker::spawn(encoder).unwrap();
+        let g = reg.generation();
+        reg.replace_encoder(
+            tok,
+            worker,
+            vec![Response {
+                id: 0,
+                result: Ok(red.clone()),
+            }],
+        );
+        assert_ne!(reg.generation(), g);
+        assert_eq!(reg.embedding(0), Some(&Embedding::Ready(red)));
+        assert_eq!(reg.embedding(client), Some(&Embedding::Pending));
+        wait_ready(&mut reg, client);
+        let after: Vec<(PromptId, Vec<f32>)> =
+            reg.runnable().map(|(id, v)| (id, v.to_vec())).collect();
+        assert_eq!(after, before, "same model, same ids, same embeddings");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Lifecycle: signal flags (SIGTERM/SIGINT/SIGHUP), systemd notification
 //! (READY, WATCHDOG, STOPPING, STATUS) and the journald-friendly stderr logger.
 //!
-//! Leaves out the frame loop itself: `daemon.rs` polls these between frames.
+//! Leaves out the frame loop itself: `daemon/` polls these between frames.
 
 pub mod logging;
 pub mod notify;

@@ -4,7 +4,7 @@
 //! Without `NOTIFY_SOCKET` (not started by systemd, or `Type=` is not `notify`)
 //! every call is a no-op. Failures to notify are logged, never returned: a lost
 //! status line must not stop the cameras. Leaves out deciding *when* the loop
-//! is healthy enough to pet the watchdog (that is `daemon.rs`).
+//! is healthy enough to pet the watchdog (that is `daemon/`).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! them between frames. A second SIGTERM/SIGINT while shutdown is already under
 //! way exits at once with `128 + signal`, so an operator's second Ctrl-C never
 //! waits for a drain stuck on a dead camera. Leaves out what shutdown and
-//! reload mean (that is `daemon.rs`).
+//! reload mean (that is `daemon/`).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 

@@ -68,6 +68,63 @@ fn missing_config_file_is_named() {
 }
 
 #[test]
+fn a_missing_file_says_why_once() {
+    let out = run(&["run", "--config", "/nonexistent/maskd.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    let dir = Dir::new();
+    let missing = dir.join("nowhere.toml");
+    let (cfg, _) = config(&dir, "videotestsrc", &missing, &["thing"], 4);
+    let out = run(&["run", "--config", &cfg.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nowhere.toml"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_truncated_weights_file_is_named() {
+    let dir = Dir::new();
+    let models = repo().join("models");
+    let copy = dir.path().join("model");
+    fs::create_dir_all(copy.join("seg")).expect("making a model dir");
+    let manifest = fs::read_to_string(models.join("default.toml")).expect("reading the manifest");
+    // Text encoder from the repo; the segmenter's graphs copied beside a cut weights.bin.
+    let manifest = manifest.replace("\"text/", &format!("\"{}/", models.join("text").display()));
+    fs::write(copy.join("model.toml"), manifest).expect("writing the manifest");
+    for entry in fs::read_dir(models.join("seg")).expect("listing models/seg") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|e| e == "onnx") {
+            let name = path.file_name().expect("a file name");
+            fs::copy(&path, copy.join("seg").join(name)).expect("copying a graph");
+        }
+    }
+    let weights = fs::read(models.join("seg/weights.bin")).expect("reading weights.bin");
+    fs::write(copy.join("seg/weights.bin"), &weights[..weights.len() / 2]).expect("cutting");
+    let (cfg, _) = config(
+        &dir,
+        "videotestsrc",
+        &copy.join("model.toml"),
+        &["thing"],
+        4,
+    );
+    fails_with(
+        &cfg,
+        &[
+            "seg/seg.onnx: loading the ONNX graph: seg/weights.bin is ",
+            "truncated, or from another export",
+        ],
+    );
+}
+
+#[test]
 fn missing_model_file_is_named() {
     let dir = Dir::new();
     let fixture = repo().join("tests/data/fixture");

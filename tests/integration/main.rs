@@ -7,5 +7,7 @@ mod util;
 mod cli_errors;
 mod daemon;
 mod layout;
+mod reload;
+mod soak;
 mod socket;
 mod sparsify;

@@ -117,6 +117,31 @@ impl Daemon {
         panic!("maskd not ready after {limit:?}:\n{}", self.stderr_text());
     }
 
+    /// The daemon's process id (for /proc samples).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    /// Sends `signal` to the running daemon (SIGHUP for a reload).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the daemon is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalling maskd");
+    }
+
+    /// Waits until the daemon's log contains `text`; panics with the log after `limit`.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr_text().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "maskd never logged {text:?}:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn stderr_text(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }

@@ -259,11 +259,19 @@ fn run_child(
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
-        bail!(
-            "{}: {}",
-            manifest.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The child's own error line already names the manifest and the reason; its
+        // log lines before it are noise here.
+        let reason = stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("maskd: error: "))
+            .unwrap_or_else(|| stderr.trim());
+        let shown = manifest.display().to_string();
+        if reason.starts_with(&shown) {
+            bail!("{reason}");
+        }
+        bail!("{shown}: {reason}");
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();

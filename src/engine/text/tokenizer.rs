@@ -31,10 +31,10 @@ const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: the vocabulary has no {token} token", path.display())]
     MissingToken { path: PathBuf, token: &'static str },
@@ -67,9 +67,9 @@ impl Tokenizer {
         lowercase: bool,
         max_tokens: usize,
     ) -> Result<Tokenizer, TokenizerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| TokenizerError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Tokenizer::from_tokens(text.lines(), lowercase, max_tokens).map_err(|token| {
             TokenizerError::MissingToken {
