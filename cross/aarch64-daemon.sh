@@ -119,8 +119,9 @@ if [ "$MODE" = build ]; then
     exit 0
 fi
 
-# The engine tests that run the real (bundled) models take minutes each under qemu; CI
-# leaves them to the daemon end-to-end test, which runs the bundled model too.
+# The tests that run the real (bundled) models take minutes each under qemu: CI runs the
+# engine tests and the daemon end to end on the fixture model; the full set runs them all
+# (the bundled-model daemon test delivered 3 of its 30 frames in its 120 s under qemu).
 ENGINE_SKIP=()
 [ "$MODE" = ci ] && ENGINE_SKIP=(--skip default_model_ --skip real_ --skip shipped_)
 SECONDS=0
@@ -131,7 +132,7 @@ echo "== aarch64: engine tests took ${SECONDS}s"
 SECONDS=0
 if [ "$MODE" = ci ]; then
     echo "== aarch64: daemon end-to-end tests (qemu)"
-    cargo_test --test integration -- daemon::
+    cargo_test --test integration -- daemon:: --skip two_readers_get_their_masks
 else
     echo "== aarch64: integration tests (qemu)"
     cargo_test --test integration -- "$@"
