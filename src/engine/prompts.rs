@@ -297,8 +297,8 @@ impl PromptRegistry {
         self.feed();
     }
 
-    /// The checks `add` makes on a new text, without adding it.
-    fn check_new(&self, text: &str) -> Result<(), String> {
+    /// The checks `add` makes on a new text, without adding it; its token ids on success.
+    fn check_new(&self, text: &str) -> Result<Vec<u32>, String> {
         if text.is_empty() {
             return Err("prompt is empty".into());
         }
@@ -316,7 +316,7 @@ impl PromptRegistry {
                 self.tokenizer.max_tokens()
             ));
         }
-        Ok(())
+        Ok(tokens.ids)
     }
 
     fn forget(&mut self, id: PromptId) {
@@ -329,21 +329,20 @@ impl PromptRegistry {
     }
 
     fn add(&mut self, text: &str, pinned: bool) -> Result<PromptId, String> {
-        self.check_new(text)?;
+        let tokens = self.check_new(text)?;
         if self.entries.len() >= self.max_prompts {
             return Err(format!(
                 "too many prompts: {} are live (prompts.max_prompts)",
                 self.entries.len()
             ));
         }
-        let tokens = self.tokenizer.encode(text);
         let id = self.next_id;
         self.next_id = id
             .checked_add(1)
             .ok_or("prompt ids exhausted; restart the daemon")?;
         let entry = Entry {
             text: text.to_owned(),
-            tokens: tokens.ids,
+            tokens,
             refs: 0,
             pinned,
             embedding: Embedding::Pending,
