@@ -58,7 +58,7 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
 fi
 
 # Its own target directory: the shared target/ is locked for the whole of other builds'
-# test runs, and the maskd-sparse script builds this target with other RUSTFLAGS.
+# test runs, and the maskd-kernels script builds this target with other RUSTFLAGS.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/aarch64-daemon}"
 mkdir -p "$CARGO_TARGET_DIR"
 CARGO_TARGET_DIR="$(cd "$CARGO_TARGET_DIR" && pwd)"

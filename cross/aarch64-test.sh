@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-builds maskd-sparse for aarch64-unknown-linux-gnu and runs its tests under
+# Cross-builds maskd-kernels for aarch64-unknown-linux-gnu and runs its tests under
 # qemu-user (Docker, and so `cross`, does not run here). Idempotent: installs only
 # what is missing. Extra arguments go to `cargo test` (e.g. a test name filter).
 #
@@ -36,4 +36,4 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 # cache is untouched.)
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="--cfg maskd_no_tract"
 
-exec cargo test -p maskd-sparse --target "$TARGET" "$@"
+exec cargo test -p maskd-kernels --target "$TARGET" "$@"

@@ -65,7 +65,7 @@ def magnitude_mask(w, share=1):
     with share > 1 each run of `share` output rows keeps the same 2, by their summed |w|."""
     o, i = w.shape
     g = shared_magnitude(w, share)
-    # stable: sort by (-|w|, position) so ties go to the lower position, as maskd-sparse does
+    # stable: sort by (-|w|, position) so ties go to the lower position, as maskd-kernels does
     order = torch.argsort(-g + torch.arange(4) * 1e-12, dim=-1, stable=True)
     keep = torch.zeros_like(g)
     keep.scatter_(-1, order[..., :2], 1.0)
@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--lr-mask", type=float, default=0.02, help="mask-logit learning rate (maskllm)")
     ap.add_argument("--init-scale", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
-    # Pairs of output columns with one 2:4 pattern per group: maskd-sparse's token kernel
+    # Pairs of output columns with one 2:4 pattern per group: maskd-kernels's token kernel
     # then loads each input row once for both columns (docs/SPARSE.md, section 3).
     ap.add_argument("--share", type=int, default=1, help="output rows sharing each group's 2:4 pattern")
     ap.add_argument("--seed", type=int, default=0)

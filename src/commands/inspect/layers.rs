@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use maskd_sparse::{NmMatrix, NmPattern};
+use maskd_kernels::{NmMatrix, NmPattern};
 use tract_onnx::pb;
 
 use crate::commands::onnx_io::{get_int, node_label, tensor_f32, tensor_u8};

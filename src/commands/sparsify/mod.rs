@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use maskd_sparse::NmPattern;
+use maskd_kernels::NmPattern;
 use tract_onnx::pb;
 
 pub use rewrite::{Pruned, DOMAIN};

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Context};
-use maskd_sparse::{NmMatrix, NmPattern};
+use maskd_kernels::{NmMatrix, NmPattern};
 use tract_onnx::pb;
 
 use super::select::{Decision, GemmInfo, Layer};

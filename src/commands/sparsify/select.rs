@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use maskd_sparse::NmPattern;
+use maskd_kernels::NmPattern;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::type_proto::Value as TypeValue;

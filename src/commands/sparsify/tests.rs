@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use maskd_sparse::{NmMatrix, NmPattern};
+use maskd_kernels::{NmMatrix, NmPattern};
 use prost::Message;
 use tract_onnx::prelude::*;
 
@@ -267,7 +267,7 @@ fn dense_out_obeys_the_pattern_and_runs_in_tract() {
     assert_eq!(pruned_labels(&report), ["fc1", "gemm", "fc2"]);
     assert_eq!(report.weight_bytes_after, report.weight_bytes_before);
     let inits = initializers(&read_model_inline(&out).unwrap());
-    let p = maskd_sparse::NmPattern::TWO_FOUR;
+    let p = maskd_kernels::NmPattern::TWO_FOUR;
     let w = |name: &str| tensor_f32(&inits[name]).unwrap();
     p.check(&w("fc1.w"), 32, 64).unwrap();
     p.check(&w("fc2.w"), 32, 48).unwrap();

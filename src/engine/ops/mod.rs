@@ -4,7 +4,7 @@
 //! equivalent to it, its per-architecture kernel files and its tests. Every rewrite is
 //! applied from one place, [`fuse`], in one order, after tract has decluttered a graph;
 //! a rewrite that cannot prove its pattern leaves tract's nodes. Kernels the ops share
-//! with other crates (the N:M matmuls) live in `crates/maskd-sparse`.
+//! with other crates (the N:M matmuls) live in `crates/maskd-kernels`.
 //!
 //! Leaves out: which graphs are loaded and how they are run (the pipeline, `super`).
 

@@ -1,4 +1,4 @@
-//! N:M-sparse matmuls inside tract plans (format and kernels: `crates/maskd-sparse`,
+//! N:M-sparse matmuls inside tract plans (format and kernels: `crates/maskd-kernels`,
 //! spec: `docs/SPARSE.md`).
 //!
 //! * `op.rs`: the tract op `maskd.NmMatMul`, weights packed once, run per frame;

@@ -8,7 +8,7 @@
 //!
 //! Leaves out: where the op runs (`rewrite.rs` applies `engine.sparse_kernel`).
 
-use maskd_sparse::{NmMatrix, NmPattern};
+use maskd_kernels::{NmMatrix, NmPattern};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::engine::ops::gelu;
 use crate::engine::ops::parallel::{par_parts, par_rows, threads, MIN_WORK};
-use maskd_sparse::{KernelKind, NmMatrix, PackedSpmm, SparseError};
+use maskd_kernels::{KernelKind, NmMatrix, PackedSpmm, SparseError};
 use tract_core::internal::*;
 
 /// The weights of one layer: compressed (kept for decompression and equality) and packed.
@@ -35,7 +35,7 @@ pub struct NmMatMul {
 }
 
 impl NmMatMul {
-    /// Packs `matrix` (and `bias`, `N` values) for the kernel `maskd_sparse` selects.
+    /// Packs `matrix` (and `bias`, `N` values) for the kernel `maskd_kernels` selects.
     pub fn new(matrix: NmMatrix, bias: Option<Vec<f32>>) -> Result<NmMatMul, SparseError> {
         let spmm = PackedSpmm::new(&matrix, bias.as_deref())?;
         Ok(NmMatMul {
@@ -300,7 +300,7 @@ impl TypedOp for NmMatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maskd_sparse::NmPattern;
+    use maskd_kernels::NmPattern;
     use proptest::prelude::*;
     use tract_linalg::multithread::Executor;
 

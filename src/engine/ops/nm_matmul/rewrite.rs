@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use maskd_sparse::{KernelKind, NmMatrix, NmPattern};
+use maskd_kernels::{KernelKind, NmMatrix, NmPattern};
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
@@ -104,10 +104,10 @@ pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<Stri
     // The selected kernel family; a bad MASKD_SPARSE_KERNEL fails here, at load.
     let family = match mode {
         SparseKernel::Dense => KernelKind::Generic,
-        _ => maskd_sparse::selected()?,
+        _ => maskd_kernels::selected()?,
     };
     if mode != SparseKernel::Dense {
-        for e in maskd_sparse::skipped_kernels() {
+        for e in maskd_kernels::skipped_kernels() {
             log::warn!("{e}; running on a slower kernel");
         }
     }

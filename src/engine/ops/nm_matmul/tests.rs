@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use maskd_sparse::{KernelKind, NmPattern};
+use maskd_kernels::{KernelKind, NmPattern};
 use tract_onnx::prelude::*;
 
 use super::NmMatMul;
@@ -85,7 +85,7 @@ fn nm_nodes(plan: &Plan) -> usize {
 
 /// Whether `auto` runs `pattern` sparse on this machine.
 fn simd(pattern: NmPattern) -> bool {
-    let family = maskd_sparse::selected().unwrap();
+    let family = maskd_kernels::selected().unwrap();
     family != KernelKind::Generic && family.supports(pattern)
 }
 
@@ -211,7 +211,7 @@ fn malformed_indices_name_the_node() {
 pub(super) fn layer(k: usize, n: usize, bias: bool) -> NmMatMul {
     let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin()).collect();
     let m =
-        maskd_sparse::NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).expect("matrix");
+        maskd_kernels::NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).expect("matrix");
     let b = bias.then(|| (0..n).map(|i| i as f32 * 0.1 - 1.0).collect());
     NmMatMul::new(m, b).expect("op")
 }

@@ -22,7 +22,7 @@
 //! whatever the blocking: `run_parallel` gives the same bits as `run`, and the same
 //! bits as `avx2tok` up to FMA rounding (both fuse). **Speed unmeasured**: no ARM
 //! machine was at hand (tests run under qemu), so `best()` keeps `neon`; select
-//! this one with `MASKD_SPARSE_KERNEL=neontok` after `cargo bench -p maskd-sparse`
+//! this one with `MASKD_SPARSE_KERNEL=neontok` after `cargo bench -p maskd-kernels`
 //! on the target shows it ahead. Stack use: 168 KiB (panel and scratch).
 
 // Kernel loops index several arrays (accumulators, vectors, columns) by the same

@@ -1,6 +1,6 @@
 //! 2:4 sparse kernels vs tract's dense matmul on the default model's GEMMs.
 //!
-//! `cargo bench -p maskd-sparse [-- --seconds S] [--threads 2] [--generic] [--share 2]
+//! `cargo bench -p maskd-kernels [-- --seconds S] [--threads 2] [--generic] [--share 2]
 //! [--only fc2] [--tokens 49,32]`
 //!
 //! For every distinct GEMM of the default model (width 192, MLP 768, 3 heads:
@@ -33,7 +33,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use maskd_sparse::{best, KernelKind, NmMatrix, NmPattern, PackedSpmm};
+use maskd_kernels::{best, KernelKind, NmMatrix, NmPattern, PackedSpmm};
 
 #[cfg(not(maskd_no_tract))]
 use tract_core::{ops::einsum::EinSum, prelude::*};
@@ -127,7 +127,7 @@ fn main() {
         kinds.push(KernelKind::Generic);
     }
     println!(
-        "maskd-sparse spmm bench: pattern 2:4 ({}), best kernel `{}`, {} thread(s), ~{} s per GEMM, cpu: {}",
+        "maskd-kernels spmm bench: pattern 2:4 ({}), best kernel `{}`, {} thread(s), ~{} s per GEMM, cpu: {}",
         if a.share > 1 {
             format!("one pattern per {} output columns", a.share)
         } else {

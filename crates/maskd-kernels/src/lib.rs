@@ -17,7 +17,7 @@
 //! dense kernel: the benchmark compares against tract's dense matmul.
 //!
 //! ```
-//! use maskd_sparse::{NmMatrix, NmPattern, PackedSpmm};
+//! use maskd_kernels::{NmMatrix, NmPattern, PackedSpmm};
 //! let (k, n) = (8, 3);
 //! let w: Vec<f32> = (0..k * n).map(|i| i as f32 - 10.0).collect(); // W[K,N], row-major
 //! let sparse = NmMatrix::from_dense_pruned(&w, k, n, NmPattern::TWO_FOUR).unwrap();
