@@ -23,6 +23,7 @@ pub mod stages;
 #[cfg(test)]
 pub(crate) mod test_util;
 pub mod text;
+pub mod timing;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ use postprocess::Postprocessor;
 use preprocess::Preprocessor;
 use segmenter::Segmenter;
 use text::{EncoderWorker, TextEncoder, Tokenizer};
+use timing::{AllocCounter, StageTimes, Stopwatch};
 
 /// A loaded model, ready to segment frames.
 #[derive(Debug)]
@@ -53,6 +55,9 @@ pub struct Engine {
     active: Vec<PromptId>,
     /// Registry generation `active` was built from (`None`: never built).
     generation: Option<u64>,
+    /// The last frame's stages (`maskd bench`).
+    stage_times: StageTimes,
+    alloc_counter: Option<AllocCounter>,
 }
 
 /// A model loaded and planned but not yet serving: what [`Engine::swap_model`] takes.
@@ -188,6 +193,8 @@ impl Engine {
             prompts: registry,
             active: Vec::new(),
             generation: None,
+            stage_times: StageTimes::default(),
+            alloc_counter: None,
         })
     }
 
@@ -260,6 +267,8 @@ impl Engine {
         size: (u32, u32),
         out: &mut MaskSet,
     ) -> anyhow::Result<()> {
+        let mut watch = Stopwatch::start();
+        self.stage_times = StageTimes::default();
         self.prompts.poll();
         if self.generation != Some(self.prompts.generation()) {
             self.rebuild_text()?;
@@ -278,9 +287,14 @@ impl Engine {
         self.seg
             .write_image(|buf| pre.run(frame, buf))?
             .with_context(|| format!("frame {}", frame.seq))?;
+        self.stage_times.preprocess_ns = watch.lap();
+        let allocs_before = self.alloc_counter.and_then(|count| count());
         self.seg
             .run()
             .with_context(|| format!("frame {}", frame.seq))?;
+        self.stage_times.model_allocs =
+            timing::allocs_between(allocs_before, self.alloc_counter.and_then(|count| count()));
+        self.stage_times.model_ns = watch.lap();
         let (mask_logits, presence) = self.seg.outputs()?;
         self.post
             .run(
@@ -292,7 +306,26 @@ impl Engine {
                 out,
             )
             .with_context(|| format!("frame {}", frame.seq))?;
+        self.stage_times.postprocess_ns = watch.lap();
         Ok(())
+    }
+
+    /// Where the last [`Engine::infer_sized`] spent its time (all zero when it ran no
+    /// inference or failed).
+    pub fn stage_times(&self) -> StageTimes {
+        self.stage_times
+    }
+
+    /// Counts the segmenter plan's allocations from the next frame on (`maskd bench`,
+    /// whose binary has a counting allocator that the engine may not import).
+    pub fn set_alloc_counter(&mut self, counter: AllocCounter) {
+        self.alloc_counter = Some(counter);
+    }
+
+    /// The segmenter, whose input tensors and outputs of the last frame `maskd bench
+    /// --dump-inputs` writes out for other runtimes to be fed the same bytes.
+    pub fn segmenter(&self) -> &Segmenter {
+        &self.seg
     }
 
     /// Times every node of the segmenter plan from now on (`maskd bench --profile`),
@@ -426,6 +459,46 @@ mod tests {
             format!("{err:#}"),
             "frame 1: frame is 32x32 but the model takes 64x64"
         );
+    }
+
+    #[test]
+    fn stage_times_cover_the_frame_and_count_the_plans_allocations() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static READS: AtomicU64 = AtomicU64::new(0);
+        // Each reading is 7 more than the last: the plan's run sees exactly one step.
+        fn counter() -> Option<u64> {
+            Some(READS.fetch_add(7, Ordering::Relaxed) + 7)
+        }
+        let (e, p) = configs(&["red circle"]);
+        let mut engine = Engine::load(&e, &p).unwrap();
+        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        let rgb = fixture_rgb(64, 64);
+        let masks = MaskConfig {
+            width: 32,
+            height: 24,
+            encoding: MaskEncoding::Rle,
+        };
+        let mut out = MaskSet::default();
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+            .unwrap();
+        assert_eq!(engine.stage_times().model_allocs, None);
+        assert!(engine.stage_times().model_ns > 0);
+        engine.set_alloc_counter(counter);
+        engine
+            .infer(&frame(&rgb, 64, 64), &masks, &mut out)
+            .unwrap();
+        assert_eq!(engine.stage_times().model_allocs, Some(7));
+        // The image input the plan ran on is the frame, normalised: what a peer runtime
+        // is fed by `maskd bench --dump-inputs`.
+        assert_eq!(engine.segmenter().image().shape(), &[1, 3, 64, 64]);
+        assert_eq!(engine.segmenter().text().shape(), &[1, 16]);
+
+        // A frame that fails before the model leaves no stale figures behind.
+        assert!(engine
+            .infer(&frame(&rgb[..3 * 32 * 32], 32, 32), &masks, &mut out)
+            .is_err());
+        assert_eq!(engine.stage_times(), timing::StageTimes::default());
     }
 
     #[test]

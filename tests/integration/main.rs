@@ -4,6 +4,7 @@
 
 mod util;
 
+mod bench;
 mod cli_errors;
 mod daemon;
 mod layout;

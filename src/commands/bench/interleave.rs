@@ -33,7 +33,7 @@ pub fn run(args: &BenchArgs, kernels: &[SparseKernel]) -> anyhow::Result<Vec<Int
     let mut times = vec![Vec::with_capacity(steps); loaded.len()];
     for step in 0..steps {
         for i in turn_order(loaded.len(), step) {
-            times[i].push(loaded[i].frame(10 + step as u64)?);
+            times[i].push(loaded[i].frame(10 + step as u64)?.total_ms);
         }
     }
     let base = times.first().cloned().unwrap_or_default();

@@ -3,25 +3,29 @@
 //! Each variant (a manifest, optionally with a `sparse_kernel` mode) runs in its own
 //! child process so its RSS is its own, and the variants take turns round after round
 //! so that drift on a shared machine hits them alike; the ratios are of medians over
-//! rounds. A frame is exactly the daemon's per-frame work (`Engine::infer_sized`:
-//! preprocessing, the segmenter plan, postprocessing, mask encoding into the reused
-//! `MaskSet`) on a still image, with the prompts already encoded.
+//! rounds. A frame is the daemon's per-frame work after the source (`frame.rs`):
+//! `Engine::infer_sized` (preprocessing, the segmenter plan, postprocessing into the
+//! reused `MaskSet`) and `Publisher::publish` (encoding, FRAME, send) to one subscribed
+//! client, on a still image with the prompts already encoded. Each stage is timed, and
+//! the heap allocations of the segmenter plan's runs are counted apart from the rest of
+//! the frame's. `--dump-inputs` writes the segmenter's inputs and outputs of one frame
+//! for other runtimes (`dump.rs`, `bench/peer/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::alloc;
-use crate::config::{Device, EngineConfig, PromptsConfig, SparseKernel, DEFAULT_MAX_PROMPTS};
-use crate::contracts::FrameView;
-use crate::contracts::MaskSet;
+use crate::config::{Device, SparseKernel};
 use crate::engine::profile::OpRow;
-use crate::engine::Engine;
 
+pub mod dump;
+mod frame;
 pub mod interleave;
+
+use frame::{FrameSample, Loaded};
 
 /// Arguments of `maskd bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +73,11 @@ pub struct BenchArgs {
     /// speed ratios on a machine whose speed drifts, no per-variant memory figures.
     #[arg(long, conflicts_with = "profile")]
     pub interleave: bool,
+    /// Write the first variant's segmenter inputs and outputs of one frame into DIR
+    /// (`.npy` files and `inputs.json`), for feeding another runtime the same bytes;
+    /// nothing is timed.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["profile", "interleave"])]
+    pub dump_inputs: Option<PathBuf>,
     /// Internal: run one variant in this process and print its JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -77,11 +86,26 @@ pub struct BenchArgs {
 /// One variant's result in one round (what a child prints).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundResult {
+    pub frames: usize,
+    /// Frame time percentiles (nearest rank); `median_ms` is the p50.
     pub median_ms: f64,
     pub p90_ms: f64,
-    /// Heap allocations per frame in steady state (the daemon's hot path); `None`
-    /// when the counting allocator is not installed (library use).
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// 1000 / `median_ms`.
+    pub fps: f64,
+    /// Heap allocations per frame in steady state (the daemon's hot path), every
+    /// thread; `None` when the counting allocator is not installed (library use).
     pub allocs_per_frame: Option<f64>,
+    /// Of those, the ones made inside the segmenter plan's runs (tract, and maskd's
+    /// ops that tract calls) ...
+    pub tract_allocs_per_frame: Option<f64>,
+    /// ... and all the others (maskd's pre- and postprocessing, publishing, the client).
+    pub maskd_allocs_per_frame: Option<f64>,
+    pub stages: Stages,
+    /// FRAME messages the publisher sent to the client, and dropped (queue full).
+    pub published: u64,
+    pub publish_dropped: u64,
     /// Resident set after the timed frames, and its peak, in bytes.
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -89,6 +113,68 @@ pub struct RoundResult {
     /// `--profile`: median frame time while profiling and the plan's operators.
     #[serde(default)]
     pub profile: Option<ProfileResult>,
+}
+
+/// Each stage of the frame over the timed frames. Means add up to the frame's mean
+/// (less the few clock reads between stages); medians do not add up.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stages {
+    pub preprocess: StageStat,
+    pub model: StageStat,
+    pub postprocess: StageStat,
+    /// `Publisher::publish`: RLE-encoding the masks, building the FRAME, sending it.
+    pub encode_and_publish: StageStat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageStat {
+    pub p50_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl StageStat {
+    fn of(mut ms: Vec<f64>) -> StageStat {
+        let mean_ms = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+        StageStat {
+            p50_ms: percentile(&mut ms, 0.5),
+            mean_ms,
+        }
+    }
+
+    /// The median over rounds of each figure.
+    fn median(rounds: impl Iterator<Item = StageStat> + Clone) -> StageStat {
+        StageStat {
+            p50_ms: percentile(
+                &mut rounds.clone().map(|s| s.p50_ms).collect::<Vec<_>>(),
+                0.5,
+            ),
+            mean_ms: percentile(&mut rounds.map(|s| s.mean_ms).collect::<Vec<_>>(), 0.5),
+        }
+    }
+}
+
+impl Stages {
+    fn of(samples: &[FrameSample]) -> Stages {
+        let stage = |f: fn(&FrameSample) -> f64| StageStat::of(samples.iter().map(f).collect());
+        Stages {
+            preprocess: stage(|s| s.preprocess_ms),
+            model: stage(|s| s.model_ms),
+            postprocess: stage(|s| s.postprocess_ms),
+            encode_and_publish: stage(|s| s.publish_ms),
+        }
+    }
+
+    fn median(rounds: &[RoundResult]) -> Stages {
+        let stage = |f: fn(&Stages) -> StageStat| {
+            StageStat::median(rounds.iter().map(move |r| f(&r.stages)))
+        };
+        Stages {
+            preprocess: stage(|s| s.preprocess),
+            model: stage(|s| s.model),
+            postprocess: stage(|s| s.postprocess),
+            encode_and_publish: stage(|s| s.encode_and_publish),
+        }
+    }
 }
 
 /// Where one variant's frame goes (`--profile`).
@@ -149,15 +235,36 @@ impl Speed {
     }
 }
 
-/// A variant's summary over rounds.
+/// A variant's summary over rounds: each figure is the median of the rounds' (RSS:
+/// the largest).
 #[derive(Debug, Clone, Serialize)]
 pub struct VariantSummary {
     #[serde(flatten)]
     pub speed: Speed,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
     pub allocs_per_frame: Option<f64>,
+    pub tract_allocs_per_frame: Option<f64>,
+    pub maskd_allocs_per_frame: Option<f64>,
+    pub stages: Stages,
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
     pub rounds: Vec<RoundResult>,
+}
+
+/// What `maskd bench --json` prints (the default, per-process mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub maskd_version: &'static str,
+    pub threads: usize,
+    pub frames: usize,
+    pub rounds: usize,
+    pub prompts: Vec<String>,
+    pub image: PathBuf,
+    pub mask_width: u32,
+    pub mask_height: u32,
+    pub variants: Vec<VariantSummary>,
 }
 
 /// Runs `maskd bench`.
@@ -177,6 +284,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let kernels = kernels_per_variant(args)?;
+    if let Some(dir) = &args.dump_inputs {
+        let manifest = args
+            .manifests
+            .first()
+            .context("--dump-inputs needs a --manifest")?;
+        let header = dump::run(args, manifest, kernels[0], dir)?;
+        let files: Vec<&str> = header
+            .inputs
+            .iter()
+            .chain(&header.outputs)
+            .map(|t| t.file.as_str())
+            .collect();
+        eprintln!(
+            "bench: wrote {} and inputs.json into {}",
+            files.join(", "),
+            dir.display()
+        );
+        return Ok(());
+    }
     if args.interleave {
         let rows = interleave::run(args, &kernels)?;
         if args.json {
@@ -203,7 +329,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let summaries = summarise(args, &kernels, rounds)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summaries)?);
+        let report = BenchReport {
+            maskd_version: env!("CARGO_PKG_VERSION"),
+            threads: args.threads.max(1),
+            frames: args.frames.max(1),
+            rounds: args.rounds.max(1),
+            prompts: args.prompts.clone(),
+            image: args.image.clone(),
+            mask_width: frame::MASK_SIZE.0,
+            mask_height: frame::MASK_SIZE.1,
+            variants: summaries,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(args, &summaries);
         if args.profile {
@@ -278,70 +415,6 @@ fn run_child(
     serde_json::from_str(line).with_context(|| format!("bench child printed {line:?}"))
 }
 
-/// A variant loaded in this process, prompts encoded, fed a still image.
-pub(crate) struct Loaded {
-    engine: Engine,
-    image: image::RgbImage,
-    source: (u32, u32),
-    masks: MaskSet,
-    load_s: f64,
-}
-
-impl Loaded {
-    /// Loads `manifest`, encodes the prompts and runs 3 warm-up frames.
-    pub(crate) fn new(
-        args: &BenchArgs,
-        manifest: &Path,
-        kernel: SparseKernel,
-    ) -> anyhow::Result<Loaded> {
-        let load_start = Instant::now();
-        let cfg = EngineConfig {
-            threads: args.threads.max(1),
-            sparse_kernel: kernel,
-            device: args.device,
-            ..EngineConfig::with_defaults(manifest.to_owned())
-        };
-        let prompts = PromptsConfig {
-            text: args.prompts.clone(),
-            mask_threshold: None,
-            score_threshold: None,
-            max_prompts: DEFAULT_MAX_PROMPTS.max(args.prompts.len()),
-        };
-        let mut engine = Engine::load(&cfg, &prompts)?;
-        if !engine.wait_for_prompts(Duration::from_secs(120)) {
-            bail!("the prompts were not encoded within 120 s");
-        }
-        let load_s = load_start.elapsed().as_secs_f64();
-        let (w, h) = engine.input_size();
-        let image = image::open(&args.image)
-            .with_context(|| format!("--image {}", args.image.display()))?
-            .to_rgb8();
-        let source = (image.width(), image.height());
-        let image = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
-        let mut loaded = Loaded {
-            engine,
-            image,
-            source,
-            masks: MaskSet::default(),
-            load_s,
-        };
-        for seq in 0..3 {
-            loaded.frame(seq)?;
-        }
-        Ok(loaded)
-    }
-
-    /// One frame of the daemon's per-frame work; returns its wall time in ms.
-    pub(crate) fn frame(&mut self, seq: u64) -> anyhow::Result<f64> {
-        let (w, h) = (self.image.width(), self.image.height());
-        let view = FrameView::still(seq, self.image.as_raw(), w, h, self.source);
-        let start = Instant::now();
-        self.engine
-            .infer_sized(&view, (160, 120), &mut self.masks)?;
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    }
-}
-
 /// One variant in this process: load, encode prompts, warm up, time `frames` frames.
 fn run_variant(
     args: &BenchArgs,
@@ -349,20 +422,26 @@ fn run_variant(
     kernel: SparseKernel,
 ) -> anyhow::Result<RoundResult> {
     let mut v = Loaded::new(args, manifest, kernel)?;
-    let mut times = Vec::with_capacity(args.frames);
+    let frames = args.frames.max(1);
+    let mut samples = Vec::with_capacity(frames);
+    let published_before = v.published();
     let allocs_before = alloc::count();
-    for seq in 0..args.frames.max(1) as u64 {
-        times.push(v.frame(3 + seq)?);
+    for seq in 0..frames as u64 {
+        samples.push(v.frame(3 + seq)?);
     }
-    let allocs = alloc::count()
+    let allocs_after = alloc::count();
+    let published_after = v.published();
+    let per_frame = |n: u64| n as f64 / frames as f64;
+    let allocs = allocs_after
         .zip(allocs_before)
-        .map(|(after, before)| (after - before) as f64 / args.frames.max(1) as f64);
+        .map(|(after, before)| after.saturating_sub(before));
+    let tract_allocs: Option<u64> = samples.iter().map(|s| s.model_allocs).sum();
     let (rss_bytes, peak_rss_bytes) = rss();
     let profile = if args.profile {
         v.engine.enable_profile(args.per_node);
         let mut frame_times = Vec::with_capacity(args.frames);
         for seq in 0..args.frames.max(1) as u64 {
-            frame_times.push(v.frame(1000 + seq)?);
+            frame_times.push(v.frame(1000 + seq)?.total_ms);
         }
         Some(ProfileResult {
             frame_ms: frame_times.iter().sum::<f64>() / frame_times.len().max(1) as f64,
@@ -371,10 +450,23 @@ fn run_variant(
     } else {
         None
     };
+    let mut times: Vec<f64> = samples.iter().map(|s| s.total_ms).collect();
+    let median_ms = percentile(&mut times, 0.5);
     Ok(RoundResult {
-        median_ms: percentile(&mut times, 0.5),
+        frames,
+        median_ms,
         p90_ms: percentile(&mut times, 0.9),
-        allocs_per_frame: allocs,
+        p99_ms: percentile(&mut times, 0.99),
+        mean_ms: times.iter().sum::<f64>() / frames as f64,
+        fps: 1e3 / median_ms.max(1e-9),
+        allocs_per_frame: allocs.map(per_frame),
+        tract_allocs_per_frame: tract_allocs.map(per_frame),
+        maskd_allocs_per_frame: allocs
+            .zip(tract_allocs)
+            .map(|(all, tract)| per_frame(all.saturating_sub(tract))),
+        stages: Stages::of(&samples),
+        published: published_after.0.saturating_sub(published_before.0),
+        publish_dropped: published_after.1.saturating_sub(published_before.1),
         rss_bytes,
         peak_rss_bytes,
         load_s: v.load_s,
@@ -389,12 +481,22 @@ fn summarise(
 ) -> anyhow::Result<Vec<VariantSummary>> {
     let mut out: Vec<VariantSummary> = Vec::new();
     for ((manifest, kernel), rounds) in args.manifests.iter().zip(kernels).zip(rounds) {
-        let mut medians: Vec<f64> = rounds.iter().map(|r| r.median_ms).collect();
-        let median_ms = percentile(&mut medians, 0.5);
-        let mut allocs: Vec<f64> = rounds.iter().filter_map(|r| r.allocs_per_frame).collect();
+        let median = |f: fn(&RoundResult) -> f64| {
+            percentile(&mut rounds.iter().map(f).collect::<Vec<_>>(), 0.5)
+        };
+        let median_some = |f: fn(&RoundResult) -> Option<f64>| {
+            let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| percentile(&mut v, 0.5))
+        };
         out.push(VariantSummary {
-            speed: Speed::new(manifest, *kernel, median_ms)?,
-            allocs_per_frame: (!allocs.is_empty()).then(|| percentile(&mut allocs, 0.5)),
+            speed: Speed::new(manifest, *kernel, median(|r| r.median_ms))?,
+            p50_ms: median(|r| r.median_ms),
+            p90_ms: median(|r| r.p90_ms),
+            p99_ms: median(|r| r.p99_ms),
+            allocs_per_frame: median_some(|r| r.allocs_per_frame),
+            tract_allocs_per_frame: median_some(|r| r.tract_allocs_per_frame),
+            maskd_allocs_per_frame: median_some(|r| r.maskd_allocs_per_frame),
+            stages: Stages::median(&rounds),
             rss_bytes: rounds.iter().map(|r| r.rss_bytes).max().unwrap_or(0),
             peak_rss_bytes: rounds.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
             rounds,
@@ -498,20 +600,47 @@ fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
         args.prompts.len()
     );
     println!(
-        "{} {:>10} {:>10} {:>8}",
+        "{} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8}",
         speed_header(),
+        "p99 ms",
         "RSS MB",
         "peak MB",
-        "allocs/f"
+        "allocs/f",
+        "maskd",
+        "tract"
     );
+    let allocs = |a: Option<f64>| a.map_or_else(|| "n/a".to_string(), |a| format!("{a:.1}"));
     for r in rows {
         println!(
-            "{} {:>10.1} {:>10.1} {:>8}",
+            "{} {:>7.1} {:>10.1} {:>10.1} {:>8} {:>8} {:>8}",
             r.speed.cells(),
+            r.p99_ms,
             r.rss_bytes as f64 / 1e6,
             r.peak_rss_bytes as f64 / 1e6,
-            r.allocs_per_frame
-                .map_or_else(|| "n/a".to_string(), |a| format!("{a:.1}"))
+            allocs(r.allocs_per_frame),
+            allocs(r.maskd_allocs_per_frame),
+            allocs(r.tract_allocs_per_frame)
+        );
+    }
+    println!(
+        "\nper stage, ms per frame (mean; model = the segmenter plan, publish includes the RLE encoding)"
+    );
+    println!(
+        "{:<40} {:>10} {:>8} {:>11} {:>8} {:>8}",
+        "manifest", "preprocess", "model", "postprocess", "publish", "outside"
+    );
+    for r in rows {
+        let s = &r.stages;
+        let outside = s.preprocess.mean_ms + s.postprocess.mean_ms + s.encode_and_publish.mean_ms;
+        let whole = outside + s.model.mean_ms;
+        println!(
+            "{:<40} {:>10.3} {:>8.2} {:>11.3} {:>8.3} {:>7.1}%",
+            r.speed.manifest.display().to_string(),
+            s.preprocess.mean_ms,
+            s.model.mean_ms,
+            s.postprocess.mean_ms,
+            s.encode_and_publish.mean_ms,
+            100.0 * outside / whole.max(1e-9)
         );
     }
 }
@@ -613,6 +742,7 @@ mod tests {
             profile: false,
             per_node: false,
             interleave: false,
+            dump_inputs: None,
             child: false,
         };
         assert_eq!(
