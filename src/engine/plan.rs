@@ -204,13 +204,14 @@ impl Plan {
             .into_typed()
             .and_then(|m| m.into_decluttered())
             .with_context(|| format!("{}: typing the graph", shown.display()))?;
-        let dense = nm_matmul::apply(&mut typed, options.sparse_kernel).with_context(|| {
-            format!(
-                "{}: applying engine.sparse_kernel = \"{}\"",
-                shown.display(),
-                options.sparse_kernel.as_str()
-            )
-        })?;
+        let dense = nm_matmul::apply(&mut typed, options.sparse_kernel, options.fusions.fused_ops)
+            .with_context(|| {
+                format!(
+                    "{}: applying engine.sparse_kernel = \"{}\"",
+                    shown.display(),
+                    options.sparse_kernel.as_str()
+                )
+            })?;
         ops::fuse(&mut typed, options.fusions, &shown.display().to_string())?;
         let run_options = RunOptions {
             executor: options.executor.clone(),

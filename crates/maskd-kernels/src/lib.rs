@@ -31,10 +31,12 @@
 //! assert!((y[0] - want).abs() < 1e-4);
 //! ```
 
+pub mod dense;
 mod error;
 mod format;
 mod kernels;
 
+pub use dense::{DenseError, DenseKind, PackedGemm};
 pub use error::SparseError;
 pub use format::{NmMatrix, NmPattern};
 pub use kernels::{

@@ -11,19 +11,19 @@ use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluApproximate;
 
-use super::op::NmMatMul;
+use super::op::{MatMul, Weights};
 use crate::engine::ops::gelu;
 use crate::engine::ops::graph::substitute;
 
 /// Fuses every `NmMatMul -> GeluApproximate (tanh form, f32)` whose matmul output
 /// feeds only the GELU; returns how many.
-pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
+pub fn fold<W: Weights>(model: &mut TypedModel) -> TractResult<usize> {
     if !gelu::simd() {
         return Ok(0);
     }
     let mut fused = 0;
     for id in model.eval_order()? {
-        let Some((op, gelu_id)) = fusable(model, id)? else {
+        let Some((op, gelu_id)) = fusable::<W>(model, id)? else {
             continue;
         };
         let with_gelu = op.with_gelu();
@@ -36,9 +36,9 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     Ok(fused)
 }
 
-fn fusable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usize)>> {
+fn fusable<W: Weights>(model: &TypedModel, id: usize) -> TractResult<Option<(&MatMul<W>, usize)>> {
     let node = model.node(id);
-    let Some(op) = node.op_as::<NmMatMul>() else {
+    let Some(op) = node.op_as::<MatMul<W>>() else {
         return Ok(None);
     };
     let out = OutletId::new(id, 0);
@@ -60,7 +60,9 @@ fn fusable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::nm_matmul::op::SparseWeights;
     use crate::engine::ops::nm_matmul::tests::layer;
+    use crate::engine::ops::nm_matmul::NmMatMul;
     use crate::engine::test_util::{f32s, run_first};
     use tract_core::ops::nn::gelu_approximate::gelu_approximate;
 
@@ -89,7 +91,7 @@ mod tests {
     fn gelu_is_fused_and_gives_tracts_result() {
         let want = run(model(false));
         let mut g = model(false);
-        let fused = fold(&mut g).expect("fold");
+        let fused = fold::<SparseWeights>(&mut g).expect("fold");
         assert_eq!(fused, usize::from(gelu::simd()));
         if fused == 1 {
             let g2 = g.clone().into_decluttered().expect("declutter");
@@ -113,6 +115,6 @@ mod tests {
     #[test]
     fn a_matmul_read_elsewhere_keeps_its_gelu_separate() {
         let mut g = model(true);
-        assert_eq!(fold(&mut g).expect("fold"), 0);
+        assert_eq!(fold::<SparseWeights>(&mut g).expect("fold"), 0);
     }
 }

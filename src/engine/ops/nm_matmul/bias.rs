@@ -9,15 +9,15 @@ use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
 
-use super::op::NmMatMul;
+use super::op::{MatMul, Weights};
 use crate::engine::ops::graph::substitute;
 
 /// Folds every `NmMatMul -> Add(constant [.., N])` whose matmul output feeds only that
 /// `Add`; returns how many.
-pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
+pub fn fold<W: Weights>(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     for id in model.eval_order()? {
-        let Some((op, add_id, bias)) = foldable(model, id)? else {
+        let Some((op, add_id, bias)) = foldable::<W>(model, id)? else {
             continue;
         };
         let with_bias = op.with_bias(bias)?;
@@ -30,11 +30,14 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     Ok(folded)
 }
 
+/// The op, the `Add` node, the bias.
+type Foldable<'a, W> = (&'a MatMul<W>, usize, Vec<f32>);
+
 /// `(the op, the Add node, the bias)` when node `id` is a bias-less `NmMatMul` followed
 /// only by an `Add` of a constant that broadcasts along the last axis alone.
-fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usize, Vec<f32>)>> {
+fn foldable<W: Weights>(model: &TypedModel, id: usize) -> TractResult<Option<Foldable<'_, W>>> {
     let node = model.node(id);
-    let Some(op) = node.op_as::<NmMatMul>() else {
+    let Some(op) = node.op_as::<MatMul<W>>() else {
         return Ok(None);
     };
     let out = OutletId::new(id, 0);
@@ -75,7 +78,9 @@ fn foldable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::nm_matmul::op::SparseWeights;
     use crate::engine::ops::nm_matmul::tests::layer;
+    use crate::engine::ops::nm_matmul::NmMatMul;
     use crate::engine::test_util::{f32s, run_first};
     use tract_core::ops::math::add;
 
@@ -110,7 +115,7 @@ mod tests {
     fn bias_add_is_folded_and_gives_the_same_result() {
         let want = run(model(false));
         let mut m = model(false);
-        assert_eq!(fold(&mut m).expect("fold"), 1);
+        assert_eq!(fold::<SparseWeights>(&mut m).expect("fold"), 1);
         let m = m.into_decluttered().expect("declutter");
         assert!(m.nodes().iter().all(|n| n.op_as::<TypedBinOp>().is_none()));
         let fc = m
@@ -129,6 +134,6 @@ mod tests {
     #[test]
     fn matmul_output_used_elsewhere_keeps_its_add() {
         let mut m = model(true);
-        assert_eq!(fold(&mut m).expect("fold"), 0);
+        assert_eq!(fold::<SparseWeights>(&mut m).expect("fold"), 0);
     }
 }

@@ -23,5 +23,5 @@ mod rewrite;
 mod tests;
 
 pub use onnx::{register, DOMAIN};
-pub use op::NmMatMul;
+pub use op::{DenseMatMul, MatMul, NmMatMul, SparseWeights, Weights};
 pub use rewrite::{apply, SparseLayer, SparseReport};

@@ -1,53 +1,102 @@
-//! The tract op `maskd.NmMatMul`: `Y[..., N] = X[..., K] · W + bias` with `W` N:M-sparse.
+//! maskd's constant-weight matmul ops: `Y[..., N] = X[..., K] · W + bias`, `W` packed
+//! once, as `maskd.NmMatMul` (N:M-sparse `W`, `maskd_kernels::PackedSpmm`) or
+//! `maskd.DenseMatMul` (dense `W`, `maskd_kernels::PackedGemm`).
 //!
-//! The weights are packed once, when the op is built (ONNX load or the load-time rewrite),
-//! into a [`PackedSpmm`]; every run reads `X` in place and writes straight into a fresh
-//! output tensor, with no copy of either. Rows (the leading dims of `X`, flattened) are
-//! split over the plan's thread pool when it has one.
+//! Both are one generic op, [`MatMul`], over the [`Weights`] they multiply by: the
+//! shapes, the fused epilogues (a GELU, a residual input), the split over the plan's
+//! thread pool and the rewrites that fold a bias, a GELU or a residual into the op
+//! (`bias.rs`, `act.rs`, `residual.rs`) are the same for both; only the kernel call
+//! differs. Every run reads `X` in place and writes straight into a fresh output tensor.
 //!
-//! Leaves out: reading the op from ONNX (`onnx.rs`) and deciding where it runs (`rewrite.rs`).
+//! Leaves out: reading the op from ONNX (`onnx.rs`) and deciding where it runs
+//! (`rewrite.rs`).
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::engine::ops::gelu;
 use crate::engine::ops::parallel::{par_parts, par_rows, threads, MIN_WORK};
-use maskd_kernels::{KernelKind, NmMatrix, PackedSpmm, SparseError};
+use maskd_kernels::{KernelKind, NmMatrix, PackedGemm, PackedSpmm, SparseError};
 use tract_core::internal::*;
 
-/// The weights of one layer: compressed (kept for decompression and equality) and packed.
-struct Layer {
-    matrix: NmMatrix,
-    bias: Option<Vec<f32>>,
-    spmm: PackedSpmm,
+/// How a product is cut over the pool's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One chunk of whole row blocks per thread (`align` rows).
+    Rows { align: usize },
+    /// The kernel's own column split into one part per thread.
+    Columns,
 }
 
-/// `maskd.NmMatMul` with its weights as op state (one input: `X`). Fused epilogues,
-/// applied to each thread's rows as soon as the kernel wrote them: a GELU, or a
-/// residual added from a second input of the output's shape.
-///
-/// Clones share the packed weights.
-#[derive(Clone)]
-pub struct NmMatMul {
-    layer: Arc<Layer>,
+/// Runs `each(0..parts)`, typically on the pool (see `PackedSpmm::run_column_parts`).
+pub type RunParts<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+
+/// What a [`MatMul`] multiplies by: packed weights and their kernel.
+pub trait Weights: Send + Sync + 'static {
+    /// The op's name in graphs and profiles.
+    const OP: &'static str;
+    fn k(&self) -> usize;
+    fn n(&self) -> usize;
+    fn bias(&self) -> Option<&[f32]>;
+    /// The same weights with `bias` added to every output row (repacked).
+    fn with_bias(&self, bias: Vec<f32>) -> TractResult<Self>
+    where
+        Self: Sized;
+    /// Bit for bit the same weights and bias.
+    fn same(&self, other: &Self) -> bool;
+    /// Multiply-adds per output row.
+    fn fmas_per_row(&self) -> usize;
+    /// The precise kernel, e.g. `avx512_gemm_f32_8x32`.
+    fn kernel_name(&self) -> &str;
+    /// Shape and kind for `Debug`, e.g. `2:4, K=192, N=768`.
+    fn describe(&self) -> String;
+    /// `y[t, N] = x[t, K] · W + bias` on this thread.
+    fn run(&self, x: &[f32], t: usize, y: &mut [f32]);
+    /// How `t` rows split over `threads` threads.
+    fn split(&self, t: usize, threads: usize) -> Split;
+    /// [`Weights::run`] cut by columns into `parts`, run by `par` (see
+    /// `PackedSpmm::run_column_parts`); only called when [`Weights::split`] says so.
+    fn run_column_parts(&self, x: &[f32], t: usize, y: &mut [f32], parts: usize, par: RunParts);
+}
+
+/// The op, with its weights as state (one input `X`, or two with a residual). Fused
+/// epilogues are applied to each thread's rows as soon as the kernel wrote them: a
+/// GELU, then a residual added from a second input of the output's shape. Clones
+/// share the packed weights.
+pub struct MatMul<W: Weights> {
+    layer: Arc<W>,
     gelu: bool,
     residual: bool,
 }
 
-impl NmMatMul {
-    /// Packs `matrix` (and `bias`, `N` values) for the kernel `maskd_kernels` selects.
-    pub fn new(matrix: NmMatrix, bias: Option<Vec<f32>>) -> Result<NmMatMul, SparseError> {
-        let spmm = PackedSpmm::new(&matrix, bias.as_deref())?;
-        Ok(NmMatMul {
-            layer: Arc::new(Layer { matrix, bias, spmm }),
+// By hand: a derive would ask `W: Clone`, and the weights are shared, not copied.
+impl<W: Weights> Clone for MatMul<W> {
+    fn clone(&self) -> MatMul<W> {
+        MatMul {
+            layer: Arc::clone(&self.layer),
+            gelu: self.gelu,
+            residual: self.residual,
+        }
+    }
+}
+
+/// `maskd.NmMatMul`: N:M-sparse weights.
+pub type NmMatMul = MatMul<SparseWeights>;
+/// `maskd.DenseMatMul`: dense weights.
+pub type DenseMatMul = MatMul<PackedGemm>;
+
+impl<W: Weights> MatMul<W> {
+    fn from_weights(w: W) -> MatMul<W> {
+        MatMul {
+            layer: Arc::new(w),
             gelu: false,
             residual: false,
-        })
+        }
     }
 
     /// The same layer with the tanh-form GELU after it (shares the packed weights).
-    pub fn with_gelu(&self) -> NmMatMul {
-        NmMatMul {
+    pub fn with_gelu(&self) -> MatMul<W> {
+        MatMul {
             layer: Arc::clone(&self.layer),
             gelu: true,
             residual: self.residual,
@@ -60,8 +109,8 @@ impl NmMatMul {
 
     /// The same layer plus a second input added to its output (after the GELU, if
     /// any); shares the packed weights.
-    pub fn with_residual(&self) -> NmMatMul {
-        NmMatMul {
+    pub fn with_residual(&self) -> MatMul<W> {
+        MatMul {
             layer: Arc::clone(&self.layer),
             gelu: self.gelu,
             residual: true,
@@ -73,50 +122,230 @@ impl NmMatMul {
     }
 
     /// The same weights with `bias` added to every output row (repacks them).
-    pub fn with_bias(&self, bias: Vec<f32>) -> Result<NmMatMul, SparseError> {
-        let op = NmMatMul::new(self.layer.matrix.clone(), Some(bias))?;
-        Ok(NmMatMul {
+    pub fn with_bias(&self, bias: Vec<f32>) -> TractResult<MatMul<W>> {
+        Ok(MatMul {
+            layer: Arc::new(self.layer.with_bias(bias)?),
             gelu: self.gelu,
             residual: self.residual,
-            ..op
         })
+    }
+
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.layer.bias()
+    }
+
+    /// The precise kernel, e.g. `avx2_spmm24_f32_4x16` or `avx512_gemm_f32_8x32`.
+    pub fn kernel_name(&self) -> &str {
+        self.layer.kernel_name()
+    }
+
+    pub fn k(&self) -> usize {
+        self.layer.k()
+    }
+
+    pub fn n(&self) -> usize {
+        self.layer.n()
+    }
+
+    pub fn weights(&self) -> &W {
+        &self.layer
+    }
+}
+
+/// The weights of one N:M layer: compressed (kept for decompression and equality)
+/// and packed.
+pub struct SparseWeights {
+    matrix: NmMatrix,
+    bias: Option<Vec<f32>>,
+    spmm: PackedSpmm,
+}
+
+/// A column split needs this many column units (octets) per thread to pay for
+/// transposing the input once per part; the model's narrowest layers (N = 192, 24
+/// octets) qualify on up to 6 threads.
+const COLUMN_UNITS_PER_THREAD: usize = 4;
+
+impl Weights for SparseWeights {
+    const OP: &'static str = "NmMatMul";
+
+    fn k(&self) -> usize {
+        self.matrix.k()
+    }
+
+    fn n(&self) -> usize {
+        self.matrix.n()
+    }
+
+    fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
+    fn with_bias(&self, bias: Vec<f32>) -> TractResult<SparseWeights> {
+        Ok(SparseWeights::new(self.matrix.clone(), Some(bias))?)
+    }
+
+    fn same(&self, other: &SparseWeights) -> bool {
+        let (a, b) = (&self.matrix, &other.matrix);
+        a.pattern() == b.pattern()
+            && a.k() == b.k()
+            && a.n() == b.n()
+            && a.indices() == b.indices()
+            && same_bits(a.values(), b.values())
+            && opt_bits(self.bias(), other.bias())
+    }
+
+    fn fmas_per_row(&self) -> usize {
+        let p = self.matrix.pattern();
+        self.k().div_ceil(p.m()) * p.n() * self.n()
+    }
+
+    fn kernel_name(&self) -> &str {
+        self.spmm.kernel_name()
+    }
+
+    fn describe(&self) -> String {
+        format!("{}, K={}, N={}", self.matrix.pattern(), self.k(), self.n())
+    }
+
+    fn run(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        self.spmm.run(x, t, y)
+    }
+
+    fn split(&self, _t: usize, threads: usize) -> Split {
+        // The token kernels split by columns: every thread keeps full 48-row blocks,
+        // where a row split leaves T = 49 two blocks of 3-4 vectors, bound by FMA
+        // latency.
+        match self.spmm.column_unit() {
+            Some(u) if self.n() / u >= COLUMN_UNITS_PER_THREAD * threads => Split::Columns,
+            _ => Split::Rows { align: 8 },
+        }
+    }
+
+    fn run_column_parts(&self, x: &[f32], t: usize, y: &mut [f32], parts: usize, par: RunParts) {
+        self.spmm.run_column_parts(x, t, y, parts, par)
+    }
+}
+
+impl SparseWeights {
+    fn new(matrix: NmMatrix, bias: Option<Vec<f32>>) -> Result<SparseWeights, SparseError> {
+        let spmm = PackedSpmm::new(&matrix, bias.as_deref())?;
+        Ok(SparseWeights { matrix, bias, spmm })
+    }
+}
+
+impl NmMatMul {
+    /// Packs `matrix` (and `bias`, `N` values) for the kernel `maskd_kernels` selects.
+    pub fn new(matrix: NmMatrix, bias: Option<Vec<f32>>) -> Result<NmMatMul, SparseError> {
+        Ok(MatMul::from_weights(SparseWeights::new(matrix, bias)?))
     }
 
     pub fn matrix(&self) -> &NmMatrix {
         &self.layer.matrix
     }
 
-    pub fn bias(&self) -> Option<&[f32]> {
-        self.layer.bias.as_deref()
-    }
-
-    /// The precise kernel, e.g. `avx2_spmm24_f32_4x16` or `generic_spmm13_f32`.
-    pub fn kernel_name(&self) -> &str {
-        self.layer.spmm.kernel_name()
-    }
-
     /// Whether a SIMD kernel runs this layer (false: the scalar fallback).
     pub fn is_simd(&self) -> bool {
         self.layer.spmm.kernel() != KernelKind::Generic
     }
+}
 
-    pub fn k(&self) -> usize {
-        self.layer.matrix.k()
+/// A dense product this small per thread (rows below this many tiles) splits by
+/// columns instead: a prompt's few rows, cut by rows, would leave each thread a
+/// partial tile.
+const ROW_TILES_PER_THREAD: usize = 2;
+
+impl Weights for PackedGemm {
+    const OP: &'static str = "DenseMatMul";
+
+    fn k(&self) -> usize {
+        PackedGemm::k(self)
     }
 
-    pub fn n(&self) -> usize {
-        self.layer.matrix.n()
+    fn n(&self) -> usize {
+        PackedGemm::n(self)
+    }
+
+    fn bias(&self) -> Option<&[f32]> {
+        PackedGemm::bias(self)
+    }
+
+    fn with_bias(&self, bias: Vec<f32>) -> TractResult<PackedGemm> {
+        PackedGemm::with_kernel(
+            &self.weights(),
+            self.k(),
+            self.n(),
+            Some(&bias),
+            self.kernel(),
+        )
+        .map_err(|e| format_err!("{e}"))
+    }
+
+    fn same(&self, other: &PackedGemm) -> bool {
+        self.k() == other.k()
+            && self.n() == other.n()
+            && same_bits(&self.weights(), &other.weights())
+            && opt_bits(Weights::bias(self), Weights::bias(other))
+    }
+
+    fn fmas_per_row(&self) -> usize {
+        self.k() * self.n()
+    }
+
+    fn kernel_name(&self) -> &str {
+        PackedGemm::kernel_name(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("dense, K={}, N={}", self.k(), self.n())
+    }
+
+    fn run(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        PackedGemm::run(self, x, t, y)
+    }
+
+    fn split(&self, t: usize, threads: usize) -> Split {
+        let tile = self.row_block();
+        let panels = self.n().div_ceil(self.column_unit());
+        if t < ROW_TILES_PER_THREAD * tile * threads && panels >= 2 * threads {
+            Split::Columns
+        } else {
+            Split::Rows { align: tile }
+        }
+    }
+
+    fn run_column_parts(&self, x: &[f32], t: usize, y: &mut [f32], parts: usize, par: RunParts) {
+        PackedGemm::run_column_parts(self, x, t, y, parts, par)
     }
 }
 
-impl fmt::Debug for NmMatMul {
+impl DenseMatMul {
+    /// Packs `w` (row-major `W[K, N]`) and `bias` for the dense kernel
+    /// `maskd_kernels` selects.
+    pub fn new(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>) -> TractResult<DenseMatMul> {
+        let gemm = PackedGemm::new(w, k, n, bias).map_err(|e| format_err!("{e}"))?;
+        Ok(MatMul::from_weights(gemm))
+    }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn opt_bits(a: Option<&[f32]>, b: Option<&[f32]>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => same_bits(a, b),
+        _ => false,
+    }
+}
+
+impl<W: Weights> fmt::Debug for MatMul<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "NmMatMul({}, K={}, N={}, bias: {}, gelu: {}, residual: {}, {})",
-            self.matrix().pattern(),
-            self.k(),
-            self.n(),
+            "{}({}, bias: {}, gelu: {}, residual: {}, {})",
+            W::OP,
+            self.layer.describe(),
             self.bias().is_some(),
             self.gelu,
             self.residual,
@@ -127,28 +356,18 @@ impl fmt::Debug for NmMatMul {
 
 /// Equal when the weights are bit for bit the same (tract merges equal nodes on equal
 /// inputs); bits rather than `==` so that the relation is a true `Eq`, NaN included.
-impl PartialEq for NmMatMul {
+impl<W: Weights> PartialEq for MatMul<W> {
     fn eq(&self, other: &Self) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        let (a, b) = (&self.layer, &other.layer);
-        if (self.gelu, self.residual) != (other.gelu, other.residual) {
-            return false;
-        }
-        Arc::ptr_eq(a, b)
-            || (a.matrix.pattern() == b.matrix.pattern()
-                && a.matrix.k() == b.matrix.k()
-                && a.matrix.n() == b.matrix.n()
-                && a.matrix.indices() == b.matrix.indices()
-                && bits(a.matrix.values()) == bits(b.matrix.values())
-                && a.bias.as_deref().map(bits) == b.bias.as_deref().map(bits))
+        (self.gelu, self.residual) == (other.gelu, other.residual)
+            && (Arc::ptr_eq(&self.layer, &other.layer) || self.layer.same(&other.layer))
     }
 }
 
-impl Eq for NmMatMul {}
+impl<W: Weights> Eq for MatMul<W> {}
 
-impl Op for NmMatMul {
+impl<W: Weights> Op for MatMul<W> {
     fn name(&self) -> StaticName {
-        "NmMatMul".into()
+        W::OP.into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -158,15 +377,11 @@ impl Op for NmMatMul {
     op_as_typed_op!();
 }
 
-/// A column split needs this many column units (octets) per thread to pay for
-/// transposing the input once per part; the model's narrowest layers (N = 192, 24
-/// octets) qualify on up to 6 threads.
-const COLUMN_UNITS_PER_THREAD: usize = 4;
-
-impl EvalOp for NmMatMul {
+impl<W: Weights> EvalOp for MatMul<W> {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let op = W::OP;
         let (x, r) = if self.residual {
             let (x, r) = args_2!(inputs);
             (x, Some(r))
@@ -177,7 +392,7 @@ impl EvalOp for NmMatMul {
         let shape = x.shape();
         ensure!(
             x.datum_type() == f32::datum_type() && shape.last() == Some(&k),
-            "NmMatMul: input is {:?} {:?}, expected f32 with last dim K = {k}",
+            "{op}: input is {:?} {:?}, expected f32 with last dim K = {k}",
             x.datum_type(),
             shape
         );
@@ -186,17 +401,17 @@ impl EvalOp for NmMatMul {
         if let Some(last) = out_shape.last_mut() {
             *last = n;
         }
-        // SAFETY: f32 has no invalid bit patterns, and `PackedSpmm::run` overwrites every
-        // element of `y` (its contract; the kernel tests poison `y` with NaN to check it),
-        // so no uninitialised value is ever read. Skipping the zeroing saves a pass over
-        // the output on every frame.
+        // SAFETY: f32 has no invalid bit patterns, and both kernels overwrite every
+        // element of `y` (their contract; the kernel tests poison `y` with NaN to check
+        // it), so no uninitialised value is ever read. Skipping the zeroing saves a
+        // pass over the output on every frame.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let rs = match &r {
             Some(r) => {
                 ensure!(
                     r.datum_type() == f32::datum_type() && r.shape() == out_shape.as_slice(),
-                    "NmMatMul: residual is {:?} {:?}, expected f32 {:?}",
+                    "{op}: residual is {:?} {:?}, expected f32 {:?}",
                     r.datum_type(),
                     r.shape(),
                     out_shape
@@ -208,17 +423,11 @@ impl EvalOp for NmMatMul {
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
-            let spmm = &self.layer.spmm;
+            let layer = &*self.layer;
             // Work is split over the pool the plan installed for this run (the engine's
-            // `threads`), not with `PackedSpmm::run_parallel`, which spawns threads on
-            // every call. Small products stay on this thread (`MIN_WORK`). The token
-            // kernels split by columns: every thread keeps full 48-row blocks, where a
-            // row split leaves T = 49 two blocks of 3-4 vectors, bound by FMA latency.
-            let work = rows * k * n / spmm.pattern().m() * spmm.pattern().n();
+            // `threads`); small products stay on this thread (`MIN_WORK`).
+            let work = rows * layer.fmas_per_row();
             let threads = threads();
-            let by_columns = spmm
-                .column_unit()
-                .is_some_and(|u| n / u >= COLUMN_UNITS_PER_THREAD * threads);
             // The fused GELU and residual, on output rows `first..` held in `chunk`.
             let epilogue = |first: usize, chunk: &mut [f32]| {
                 if self.gelu {
@@ -229,8 +438,10 @@ impl EvalOp for NmMatMul {
                     chunk.iter_mut().zip(r).for_each(|(y, r)| *y += r);
                 }
             };
-            if threads > 1 && work >= MIN_WORK && by_columns {
-                spmm.run_column_parts(xs, rows, ys, threads, |parts, each| par_parts(parts, each));
+            let split = layer.split(rows, threads);
+            if threads > 1 && work >= MIN_WORK && split == Split::Columns {
+                layer
+                    .run_column_parts(xs, rows, ys, threads, &|parts, each| par_parts(parts, each));
                 if self.gelu || rs.is_some() {
                     par_rows(ys, n.max(1), 8, rows * n, |first, chunk| {
                         epilogue(first, chunk);
@@ -238,11 +449,15 @@ impl EvalOp for NmMatMul {
                     })?;
                 }
             } else {
-                // Otherwise rows, one chunk per thread in whole 8-row vectors, each
+                // Otherwise rows, one chunk per thread in whole row blocks, each
                 // chunk's epilogue while its rows are still in cache.
-                par_rows(ys, n.max(1), 8, work, |first, chunk| {
+                let align = match split {
+                    Split::Rows { align } => align,
+                    Split::Columns => 8,
+                };
+                par_rows(ys, n.max(1), align, work, |first, chunk| {
                     let t = chunk.len() / n;
-                    spmm.run(&xs[first * k..(first + t) * k], t, chunk);
+                    layer.run(&xs[first * k..(first + t) * k], t, chunk);
                     epilogue(first, chunk);
                     Ok(())
                 })?;
@@ -252,34 +467,34 @@ impl EvalOp for NmMatMul {
     }
 }
 
-impl TypedOp for NmMatMul {
+impl<W: Weights> TypedOp for MatMul<W> {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let op = W::OP;
         let x = inputs[0];
         ensure!(
             x.datum_type == f32::datum_type(),
-            "NmMatMul: input is {:?}, expected f32",
+            "{op}: input is {:?}, expected f32",
             x.datum_type
         );
         let mut shape: TVec<TDim> = x.shape.iter().cloned().collect();
         let Some(last) = shape.last_mut() else {
-            bail!(
-                "NmMatMul: input is a scalar, expected [..., K = {}]",
-                self.k()
-            );
+            bail!("{op}: input is a scalar, expected [..., K = {}]", self.k());
         };
         if let Ok(k) = last.to_usize() {
             ensure!(
                 k == self.k(),
-                "NmMatMul: input's last dim is {k}, the weights have K = {}",
+                "{op}: input's last dim is {k}, the weights have K = {}",
                 self.k()
             );
         }
         *last = self.n().to_dim();
         if self.residual {
-            let r = inputs.get(1).context("NmMatMul: residual input missing")?;
+            let r = inputs
+                .get(1)
+                .with_context(|| format!("{op}: residual input missing"))?;
             ensure!(
                 r.datum_type == f32::datum_type() && r.shape.iter().eq(shape.iter()),
-                "NmMatMul: residual is {:?}, expected f32 {:?}",
+                "{op}: residual is {:?}, expected f32 {:?}",
                 r,
                 shape
             );
@@ -289,9 +504,10 @@ impl TypedOp for NmMatMul {
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
-        let p = self.matrix().pattern();
-        let per_row = self.k().div_ceil(p.m()) * p.n() * self.n();
-        Ok(tvec!((Cost::FMA(f32::datum_type()), rows * per_row)))
+        Ok(tvec!((
+            Cost::FMA(f32::datum_type()),
+            rows * self.layer.fmas_per_row()
+        )))
     }
 
     as_op!();

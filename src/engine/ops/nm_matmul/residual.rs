@@ -11,15 +11,15 @@ use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
 
-use super::op::NmMatMul;
+use super::op::{MatMul, Weights};
 use crate::engine::ops::graph::substitute;
 
 /// Fuses every `NmMatMul -> Add(y, r)` where `r` is a computed tensor of exactly `y`'s
 /// shape and `y` feeds only that `Add`; returns how many.
-pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
+pub fn fold<W: Weights>(model: &mut TypedModel) -> TractResult<usize> {
     let mut fused = 0;
     for id in model.eval_order()? {
-        let Some((op, add_id, r)) = fusable(model, id)? else {
+        let Some((op, add_id, r)) = fusable::<W>(model, id)? else {
             continue;
         };
         let with_residual = op.with_residual();
@@ -38,9 +38,12 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     Ok(fused)
 }
 
-fn fusable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usize, OutletId)>> {
+fn fusable<W: Weights>(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(&MatMul<W>, usize, OutletId)>> {
     let node = model.node(id);
-    let Some(op) = node.op_as::<NmMatMul>() else {
+    let Some(op) = node.op_as::<MatMul<W>>() else {
         return Ok(None);
     };
     let out = OutletId::new(id, 0);
@@ -77,7 +80,9 @@ fn fusable(model: &TypedModel, id: usize) -> TractResult<Option<(&NmMatMul, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::nm_matmul::op::SparseWeights;
     use crate::engine::ops::nm_matmul::tests::layer;
+    use crate::engine::ops::nm_matmul::NmMatMul;
     use crate::engine::test_util::{f32s, run_first};
     use tract_core::ops::math::add;
 
@@ -109,7 +114,7 @@ mod tests {
     fn residual_add_is_fused_bit_for_bit() {
         let want = run(model(false), 5);
         let mut g = model(false);
-        assert_eq!(fold(&mut g).expect("fold"), 1);
+        assert_eq!(fold::<SparseWeights>(&mut g).expect("fold"), 1);
         let g = g.into_decluttered().expect("declutter");
         assert!(g.nodes().iter().all(|n| n.op_as::<TypedBinOp>().is_none()));
         assert!(g
@@ -127,6 +132,6 @@ mod tests {
     #[test]
     fn a_broadcast_add_is_left_alone() {
         let mut g = model(true);
-        assert_eq!(fold(&mut g).expect("fold"), 0);
+        assert_eq!(fold::<SparseWeights>(&mut g).expect("fold"), 0);
     }
 }

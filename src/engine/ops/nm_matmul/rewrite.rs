@@ -20,11 +20,11 @@
 
 use std::fmt::Write as _;
 
-use maskd_kernels::{KernelKind, NmMatrix, NmPattern};
+use maskd_kernels::{DenseKind, KernelKind, NmMatrix, NmPattern, PackedGemm};
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
-use super::op::NmMatMul;
+use super::op::{DenseMatMul, MatMul, NmMatMul, SparseWeights, Weights};
 use crate::config::SparseKernel;
 
 /// Dense matmuls with a shorter `K` are never rewritten: with fewer than two groups an
@@ -99,8 +99,15 @@ impl SparseReport {
 }
 
 /// Applies `mode` to `model` (typed; decluttered, so matmuls are `EinSum`s with their
-/// weights as constants). Returns the names of the N:M layers left or made dense.
-pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<String>> {
+/// weights as constants), then, with `dense`, turns every other f32 matmul with a
+/// constant weight into `maskd.DenseMatMul` where a SIMD dense kernel runs (or one is
+/// forced with `MASKD_DENSE_KERNEL`), and folds biases, GELUs and residual additions
+/// into both ops. Returns the names of the N:M layers left or made dense.
+pub fn apply(
+    model: &mut TypedModel,
+    mode: SparseKernel,
+    dense_ops: bool,
+) -> TractResult<Vec<String>> {
     // The selected kernel family; a bad MASKD_SPARSE_KERNEL fails here, at load.
     let family = match mode {
         SparseKernel::Dense => KernelKind::Generic,
@@ -125,7 +132,7 @@ pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<Stri
                 densify(model, id, &op).with_context(|| format!("node `{name}`: decompressing"))?;
                 dense.push(name);
             }
-        } else if let Some(c) = obeying_matmul(model, id)? {
+        } else if let Some(c) = constant_matmul(model, id)?.filter(obeys_24) {
             if keep_sparse(NmPattern::TWO_FOUR) {
                 let matrix = NmMatrix::from_dense_checked(&c.w, c.k, c.n, NmPattern::TWO_FOUR)?;
                 let op = NmMatMul::new(matrix, None)?;
@@ -136,13 +143,52 @@ pub fn apply(model: &mut TypedModel, mode: SparseKernel) -> TractResult<Vec<Stri
             }
         }
     }
-    let folded = super::bias::fold(model)?;
-    log::debug!("{folded} bias additions folded into NmMatMul");
-    let fused = super::act::fold(model)?;
-    log::debug!("{fused} GELUs fused into NmMatMul");
-    let fused = super::residual::fold(model)?;
-    log::debug!("{fused} residual additions fused into NmMatMul");
+    if dense_ops && dense_kernel_wanted()? {
+        let mut count = 0;
+        for id in model.eval_order()? {
+            let name = model.node(id).name.clone();
+            if let Some(c) = constant_matmul(model, id)? {
+                let op = DenseMatMul::new(&c.w, c.k, c.n, None)
+                    .with_context(|| format!("node `{name}`: packing its weights"))?;
+                replace(model, id, op, &c)
+                    .with_context(|| format!("node `{name}`: rewriting to DenseMatMul"))?;
+                count += 1;
+            }
+        }
+        log::debug!("{count} dense matmuls run as DenseMatMul");
+    }
+    epilogues::<SparseWeights>(model, "NmMatMul")?;
+    epilogues::<PackedGemm>(model, "DenseMatMul")?;
     Ok(dense)
+}
+
+/// Whether maskd's dense kernel should replace tract's matmuls: where it is SIMD (the
+/// scalar one is slower than tract's), or where `MASKD_DENSE_KERNEL` forces one (an
+/// A/B run, a test of the fallback). A forced kernel that cannot run is an error here,
+/// at load.
+fn dense_kernel_wanted() -> TractResult<bool> {
+    let kind = maskd_kernels::dense::selected().map_err(|e| format_err!("{e}"))?;
+    for e in maskd_kernels::dense::skipped() {
+        log::warn!("{e}; running on a slower kernel");
+    }
+    let forced =
+        std::env::var_os(maskd_kernels::dense::DENSE_KERNEL_ENV).is_some_and(|v| !v.is_empty());
+    Ok(forced || kind != DenseKind::Generic)
+}
+
+/// Folds biases, GELUs and residual additions into the `W` ops.
+fn epilogues<W: Weights>(model: &mut TypedModel, op: &str) -> TractResult<()> {
+    let folded = super::bias::fold::<W>(model)?;
+    log::debug!("{folded} bias additions folded into {op}");
+    let fused = super::act::fold::<W>(model)?;
+    log::debug!("{fused} GELUs fused into {op}");
+    let fused = super::residual::fold::<W>(model)?;
+    log::debug!("{fused} residual additions fused into {op}");
+    Ok(())
+}
+
+fn obeys_24(c: &Candidate) -> bool {
+    c.k >= MIN_REWRITE_K && NmPattern::TWO_FOUR.check(&c.w, c.k, c.n).is_ok()
 }
 
 /// A dense matmul the rewrite can replace.
@@ -167,8 +213,8 @@ struct Layout {
 }
 
 /// If node `id` is an f32 `EinSum` `...k,kn->...n` (or `...k,nk->...n`) whose weight is a
-/// constant obeying 2:4 with `K >= MIN_REWRITE_K`: what replacing it needs.
-fn obeying_matmul(model: &TypedModel, id: usize) -> TractResult<Option<Candidate>> {
+/// constant: what replacing it needs.
+fn constant_matmul(model: &TypedModel, id: usize) -> TractResult<Option<Candidate>> {
     let node = model.node(id);
     let Some(op) = node.op_as::<EinSum>() else {
         return Ok(None);
@@ -198,7 +244,7 @@ fn obeying_matmul(model: &TypedModel, id: usize) -> TractResult<Option<Candidate
         return Ok(None);
     };
     let (k, n) = (weight.shape()[k_pos], weight.shape()[n_pos]);
-    if k < MIN_REWRITE_K || n == 0 {
+    if k == 0 || n == 0 {
         return Ok(None);
     }
     let raw = weight.try_as_plain_ram()?.as_slice::<f32>()?;
@@ -207,9 +253,6 @@ fn obeying_matmul(model: &TypedModel, id: usize) -> TractResult<Option<Candidate
     } else {
         (0..k * n).map(|i| raw[(i % n) * k + i / n]).collect()
     };
-    if NmPattern::TWO_FOUR.check(&w, k, n).is_err() {
-        return Ok(None);
-    }
     Ok(Some(Candidate {
         x: node.inputs[d_slot],
         w,
@@ -279,8 +322,13 @@ fn matmul_axes(
     Ok(Some((k_pos, n_pos, layout)))
 }
 
-/// Replaces node `id` by an `NmMatMul` running `c`, keeping the node's name.
-fn replace(model: &mut TypedModel, id: usize, op: NmMatMul, c: &Candidate) -> TractResult<()> {
+/// Replaces node `id` by `op` running `c`, keeping the node's name.
+fn replace<W: Weights>(
+    model: &mut TypedModel,
+    id: usize,
+    op: MatMul<W>,
+    c: &Candidate,
+) -> TractResult<()> {
     let name = model.node(id).name.clone();
     let mut patch = TypedModelPatch::default();
     let mut wire = patch.tap_model(model, c.x)?;
