@@ -356,7 +356,10 @@ pub(crate) mod tests {
 
     /// The default model's ten attentions (8 encoder blocks, 2 decoder blocks over every
     /// prompt) run fused on CPUs with a kernel, its 22 LayerNorms as one op each, the
-    /// mask head's product and sum as one, and the result is what tract's own nodes give.
+    /// mask head's product and sum as one, its 48 constant-weight matmuls of the
+    /// transformer blocks (qkv, proj, fc1, fc2 of 8 + 2 blocks, the text and FiLM
+    /// projections, the presence head) on maskd's dense kernel with their biases,
+    /// GELUs and residuals folded in, and the result is what tract's own nodes give.
     #[test]
     fn default_model_fused_ops_match_tract() {
         let expect = if crate::engine::ops::attention::kernel::Kind::best().is_some() {
@@ -364,7 +367,32 @@ pub(crate) mod tests {
         } else {
             0
         };
+        let dense = if maskd_kernels::dense::best() != maskd_kernels::DenseKind::Generic {
+            48
+        } else {
+            0
+        };
         let fused = run_shipped("models/default.toml", &PlanOptions::default(), |seg| {
+            assert_eq!(ops(seg, "DenseMatMul"), dense);
+            if dense > 0 {
+                // Every block's fc1 carries its GELU, proj and fc2 their residual.
+                let plan = seg.plan.plan.model();
+                let fused = |f: fn(&crate::engine::ops::nm_matmul::DenseMatMul) -> bool| {
+                    plan.nodes()
+                        .iter()
+                        .filter_map(|n| n.op_as::<crate::engine::ops::nm_matmul::DenseMatMul>())
+                        .filter(|op| f(op))
+                        .count()
+                };
+                // Every fc1 (and the presence head's first layer) carries its GELU, every proj
+                // and fc2 its residual; 34 of the 48 have a bias.
+                let counts = (
+                    fused(|op| op.gelu()),
+                    fused(|op| op.residual()),
+                    fused(|op| op.bias().is_some()),
+                );
+                assert_eq!(counts, (12, 20, 34), "(GELU, residual, bias) fused");
+            }
             assert_eq!(ops(seg, "Attention"), expect);
             assert_eq!(ops(seg, "LayerNorm"), 22);
             assert_eq!(ops(seg, "MulSum"), 1);
@@ -378,6 +406,7 @@ pub(crate) mod tests {
             ..PlanOptions::default()
         };
         let tract = run_shipped("models/default.toml", &options, |seg| {
+            assert_eq!(ops(seg, "DenseMatMul"), 0);
             assert_eq!(ops(seg, "Attention"), 0);
             assert_eq!(ops(seg, "LayerNorm"), 0);
         });

@@ -144,6 +144,8 @@ pub fn apply(
         }
     }
     if dense_ops && dense_kernel_wanted()? {
+        let flattened = flatten_contractions(model)?;
+        log::debug!("{flattened} two-axis contractions flattened for DenseMatMul");
         let mut count = 0;
         for id in model.eval_order()? {
             let name = model.node(id).name.clone();
@@ -160,6 +162,112 @@ pub fn apply(
     epilogues::<SparseWeights>(model, "NmMatMul")?;
     epilogues::<PackedGemm>(model, "DenseMatMul")?;
     Ok(dense)
+}
+
+/// Rewrites every f32 `EinSum` that contracts the data's last two axes with the first
+/// two of a constant `[B, K, N]` weight, in order, into a reshape of those axes to one
+/// and a plain `...k,kn->...n` on the weight reshaped to `[B·K, N]`: the same sums, in
+/// the same order. Why: a ViT's attention output projection reads the heads unmerged
+/// (`mbk,bkn->mn`, heads `b`), and as such it is no matmul `DenseMatMul` takes; the
+/// data axes are adjacent and row-major, so the reshape is free.
+fn flatten_contractions(model: &mut TypedModel) -> TractResult<usize> {
+    let mut count = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<EinSum>() else {
+            continue;
+        };
+        if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+            continue;
+        }
+        let facts: Vec<TypedFact> = model.node_input_facts(id)?.into_iter().cloned().collect();
+        let (data, weight) = (&facts[0], &facts[1]);
+        let Some(w) = weight.konst.clone() else {
+            continue;
+        };
+        let output = node.outputs[0].fact.clone();
+        let (dr, orank) = (data.rank(), output.rank());
+        if data.konst.is_some() || w.rank() != 3 || w.datum_type() != f32::datum_type() || dr < 3 {
+            continue;
+        }
+        let axes = op.axes.clone();
+        let at = |io: InOut, pos: usize| axes.axis((io, pos)).ok();
+        let (Some(b), Some(k), Some(n)) = (
+            at(InOut::In(0), dr - 2),
+            at(InOut::In(0), dr - 1),
+            at(InOut::Out(0), orank - 1),
+        ) else {
+            continue;
+        };
+        let contracted = |a: &Axis, wpos: usize| {
+            a.inputs[0].len() == 1 && a.inputs[1].as_slice() == [wpos] && a.outputs[0].is_empty()
+        };
+        if !contracted(b, 0)
+            || !contracted(k, 1)
+            || n.inputs[1].as_slice() != [2]
+            || !n.inputs[0].is_empty()
+        {
+            continue;
+        }
+        // Every other data axis passes through to the output, in order, and the output
+        // has nothing else.
+        let mut passed = Vec::new();
+        let mut plain = orank == dr - 1;
+        for i in 0..dr - 2 {
+            match at(InOut::In(0), i) {
+                Some(a)
+                    if a.inputs[0].len() == 1
+                        && a.inputs[1].is_empty()
+                        && a.outputs[0].len() == 1 =>
+                {
+                    passed.push(a.outputs[0][0])
+                }
+                _ => plain = false,
+            }
+        }
+        if !plain || passed.iter().enumerate().any(|(i, &o)| o != i) {
+            continue;
+        }
+        let (Ok(bd), Ok(kd)) = (data.shape[dr - 2].to_usize(), data.shape[dr - 1].to_usize())
+        else {
+            continue;
+        };
+        let (wb, wk, wn) = (w.shape()[0], w.shape()[1], w.shape()[2]);
+        if (wb, wk) != (bd, kd) {
+            continue;
+        }
+        let name = node.name.clone();
+        let x = node.inputs[0];
+        let mut patch = TypedModelPatch::default();
+        let tap = patch.tap_model(model, x)?;
+        let merged = patch.wire_node(
+            format!("{name}.merge"),
+            AxisOp::Reshape(
+                dr - 2,
+                tvec![bd.to_dim(), kd.to_dim()],
+                tvec![(bd * kd).to_dim()],
+            ),
+            &[tap],
+        )?[0];
+        let flat = patch.add_const(
+            format!("{name}.weight"),
+            w.into_tensor().into_shape(&[wb * wk, wn])?,
+        )?;
+        let lead: String = "abcdefghij".chars().take(dr - 2).collect();
+        ensure!(dr - 2 <= 10, "rank {dr}");
+        let mapping: AxesMapping = format!("{lead}k,kn->{lead}n").parse()?;
+        let y = patch.wire_node(
+            &name,
+            EinSum::new(mapping, f32::datum_type()),
+            &[merged, flat],
+        )?[0];
+        patch.shunt_outside(model, id.into(), y)?;
+        patch
+            .apply(model)
+            .with_context(|| format!("node `{name}`: flattening its contraction"))?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Whether maskd's dense kernel should replace tract's matmuls: where it is SIMD (the
