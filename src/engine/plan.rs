@@ -8,7 +8,7 @@
 //! `seg/seg.onnx: input "image" is 1x3x256x256 but the manifest says 1x3x224x224`.
 //!
 //! Between typing and optimising, `engine.sparse_kernel` is applied to the graph (see
-//! `ops/nm_matmul/rewrite.rs`): N:M layers are kept sparse, decompressed, or created from dense
+//! `ops/matmul/rewrite.rs`): N:M layers are kept sparse, decompressed, or created from dense
 //! matmuls whose weights obey 2:4; [`Plan::sparse`] says what came out.
 //!
 //! Leaves out: running plans (the runners in `segmenter.rs`, `stages.rs`, `text/encoder.rs`).
@@ -24,7 +24,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::{EngineConfig, SparseKernel};
 use crate::engine::device::{self, Target};
-use crate::engine::ops::nm_matmul::{self, SparseLayer, SparseReport};
+use crate::engine::ops::matmul::{self, SparseLayer, SparseReport};
 use crate::engine::ops::{self, Fusions};
 
 /// One dim of an input or output as the manifest describes it.
@@ -187,7 +187,7 @@ impl Plan {
         options: &PlanOptions,
     ) -> anyhow::Result<Plan> {
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info);
-        nm_matmul::register(&mut onnx);
+        matmul::register(&mut onnx);
         let mut model = match onnx.model_for_path(file) {
             Ok(model) => model,
             Err(err) => {
@@ -204,7 +204,7 @@ impl Plan {
             .into_typed()
             .and_then(|m| m.into_decluttered())
             .with_context(|| format!("{}: typing the graph", shown.display()))?;
-        let dense = nm_matmul::apply(&mut typed, options.sparse_kernel, options.fusions.fused_ops)
+        let dense = matmul::apply(&mut typed, options.sparse_kernel, options.fusions.fused_ops)
             .with_context(|| {
                 format!(
                     "{}: applying engine.sparse_kernel = \"{}\"",

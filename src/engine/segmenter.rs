@@ -165,7 +165,7 @@ impl Segmenter {
     }
 
     /// Which N:M layers of the graph run sparse.
-    pub fn sparse(&self) -> &crate::engine::ops::nm_matmul::SparseReport {
+    pub fn sparse(&self) -> &crate::engine::ops::matmul::SparseReport {
         self.plan.sparse()
     }
 
@@ -377,10 +377,10 @@ pub(crate) mod tests {
             if dense > 0 {
                 // Every block's fc1 carries its GELU, proj and fc2 their residual.
                 let plan = seg.plan.plan.model();
-                let fused = |f: fn(&crate::engine::ops::nm_matmul::DenseMatMul) -> bool| {
+                let fused = |f: fn(&crate::engine::ops::matmul::DenseMatMul) -> bool| {
                     plan.nodes()
                         .iter()
-                        .filter_map(|n| n.op_as::<crate::engine::ops::nm_matmul::DenseMatMul>())
+                        .filter_map(|n| n.op_as::<crate::engine::ops::matmul::DenseMatMul>())
                         .filter(|op| f(op))
                         .count()
                 };

@@ -26,7 +26,7 @@ fn line<'a>(text: &'a str, label: &str) -> &'a str {
 }
 
 #[test]
-fn sparsify_then_inspect_shows_nm_matmul_layers() {
+fn sparsify_then_inspect_shows_matmul_layers() {
     let dir = Dir::new();
     let out_path = dir.join("sparse.onnx");
     let out = run(&[

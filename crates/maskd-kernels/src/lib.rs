@@ -1,20 +1,25 @@
-//! N:M structured-sparse weights and the matmul kernels that use them.
+//! maskd's matmul kernels for constant weights: dense, and N:M structured-sparse with
+//! its weight format.
 //!
-//! This crate owns two things:
+//! This crate owns three things:
 //!
+//! * the **dense kernels** ([`dense`], [`PackedGemm`]): `y[T,N] = x[T,K] · W (+ bias)`
+//!   with `W` packed once into panels; AVX-512F, AVX2+FMA, NEON and a scalar
+//!   reference, chosen at run time after a self-test (`MASKD_DENSE_KERNEL` forces one);
 //! * the **format** ([`NmPattern`], [`NmMatrix`]): checking a dense weight matrix
 //!   against an N:M pattern, magnitude pruning to it, the compressed
 //!   values + packed-indices representation that `maskd.NmMatMul` stores as ONNX
 //!   initialisers (byte layout in `docs/SPARSE.md`), and lossless decompression;
-//! * the **kernels** ([`PackedSpmm`]): `y[T,N] = x[T,K] · W (+ bias)` with `W` packed
+//! * the **sparse kernels** ([`PackedSpmm`]): `y[T,N] = x[T,K] · W (+ bias)` with `W` packed
 //!   once into a kernel-specific layout. A safe scalar kernel handles every
 //!   pattern; AVX2+FMA, AVX-512F (x86-64) and NEON (aarch64) kernels are overlaid
 //!   at run time when the CPU has them (see [`best`], [`selected`] and the
 //!   `MASKD_SPARSE_KERNEL` knob).
 //!
 //! It leaves out tract integration (the custom op lives in the daemon crate),
-//! thread pools (callers split rows, see [`PackedSpmm::run_parallel`]) and any
-//! dense kernel: the benchmark compares against tract's dense matmul.
+//! and thread pools (callers split rows or columns, see [`PackedSpmm::run_parallel`]
+//! and the `run_column_parts` of both kernels). The benchmarks (`benches/gemm.rs`,
+//! `benches/spmm.rs`) compare both against tract's dense matmul.
 //!
 //! ```
 //! use maskd_kernels::{NmMatrix, NmPattern, PackedSpmm};

@@ -83,7 +83,7 @@ fn layer(
             (k, o, values.map(|v| transpose(&v, o, k)), None, 4 * k * o)
         }
         ("maskd", "NmMatMul") => {
-            let (k, n, decoded, declared, stored) = nm_matmul(node, inits)?;
+            let (k, n, decoded, declared, stored) = matmul(node, inits)?;
             (k, n, decoded, Some(declared), stored)
         }
         _ => return None,
@@ -122,7 +122,7 @@ type NmView = (
 
 /// An `NmMatMul`'s `K`, `N`, decoded weight, declared pattern (checked by decoding) and
 /// stored bytes; `None` when its attributes do not even name a pattern.
-fn nm_matmul(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> Option<NmView> {
+fn matmul(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> Option<NmView> {
     let attr = |name| get_int(node, name).and_then(|v| usize::try_from(v).ok());
     let pattern = NmPattern::new(attr("n")?, attr("m")?).ok()?;
     let k = attr("k")?;
@@ -289,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn nm_matmul_layers_report_declared_pattern_and_stored_bytes() {
+    fn matmul_layers_report_declared_pattern_and_stored_bytes() {
         let dir = tempfile::tempdir().unwrap();
         for pattern in ["2:4", "4:8"] {
             let out = dir
@@ -319,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_nm_matmul_is_reported_invalid() {
+    fn corrupt_matmul_is_reported_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.onnx");
         let opts = Options {

@@ -296,7 +296,7 @@ fn compressed_and_dense_out_agree_in_tract() {
     let (_d1, sparse, _) = sparsify_fixture(&opts("2:4", false, true, &[]));
     let (_d2, dense, _) = sparsify_fixture(&opts("2:4", true, true, &[]));
     let mut onnx = tract_onnx::onnx();
-    crate::engine::ops::nm_matmul::register(&mut onnx);
+    crate::engine::ops::matmul::register(&mut onnx);
     let (a, b) = (run_with(onnx, &sparse), run_tract(&dense));
     for (x, y) in a[0].iter().zip(&b[0]) {
         assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
@@ -425,7 +425,7 @@ fn bundled_model_compressed_and_dense_out_agree() {
             .collect::<Vec<_>>()
     };
     let mut onnx = tract_onnx::onnx();
-    crate::engine::ops::nm_matmul::register(&mut onnx);
+    crate::engine::ops::matmul::register(&mut onnx);
     let (a, b) = (run(onnx, &sparse), run(tract_onnx::onnx(), &dense));
     for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
         assert!((x - y).abs() <= 1e-3 * (1.0 + y.abs()), "{x} vs {y}");

@@ -12,8 +12,8 @@ pub mod attention;
 pub mod gelu;
 pub mod graph;
 pub mod layernorm;
+pub mod matmul;
 pub mod mulsum;
-pub mod nm_matmul;
 pub mod parallel;
 pub mod upsample;
 
