@@ -20,10 +20,10 @@ pub const DOMAIN: &str = "maskd";
 
 /// Teaches `onnx` the op type `NmMatMul` (domain `maskd`).
 pub fn register(onnx: &mut tract_onnx::Onnx) {
-    onnx.op_register.insert("NmMatMul", nm_matmul);
+    onnx.op_register.insert("NmMatMul", matmul);
 }
 
-fn nm_matmul(
+fn matmul(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {

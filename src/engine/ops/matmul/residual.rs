@@ -80,9 +80,9 @@ fn fusable<W: Weights>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ops::nm_matmul::op::SparseWeights;
-    use crate::engine::ops::nm_matmul::tests::layer;
-    use crate::engine::ops::nm_matmul::NmMatMul;
+    use crate::engine::ops::matmul::op::SparseWeights;
+    use crate::engine::ops::matmul::tests::layer;
+    use crate::engine::ops::matmul::NmMatMul;
     use crate::engine::test_util::{f32s, run_first};
     use tract_core::ops::math::add;
 

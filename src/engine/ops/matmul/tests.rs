@@ -134,7 +134,7 @@ fn sparse_mode_runs_the_generic_kernel_where_no_simd_one_fits() {
 }
 
 #[test]
-fn dense_mode_removes_every_nm_matmul() {
+fn dense_mode_removes_every_matmul() {
     let plan = load("nm.onnx", SparseKernel::Dense, 6).unwrap();
     assert_eq!(nm_nodes(&plan), 0);
     assert!(plan.sparse_layers().is_empty());
