@@ -14,14 +14,25 @@
 //! probabilities summed over heads and queries: token pruning's score); the op gives
 //! that as a second output, accumulated from the score tiles it already holds. Any
 //! other reader of the probabilities keeps tract's nodes, as do CPUs without a SIMD
-//! kernel ([`kernel::Kind::best`]).
+//! kernel ([`kernel::Kind::best`]: AVX-512F, else AVX2+FMA on x86-64, NEON on
+//! aarch64, each only after it passed its start-up self-test).
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(test)]
+mod bench;
 mod geometry;
 pub mod kernel;
+mod reference;
+mod selftest;
+#[cfg(test)]
+mod test_graph;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -186,10 +197,11 @@ impl EvalOp for Attention {
                 None => None,
             };
             let rows = g.rows();
-            let need = kernel::scratch_len(self.kind, tokens, self.dim);
+            let need = self.kind.scratch_len(tokens, self.dim);
             let extra = if total.is_some() { rows } else { 0 };
-            // Whole 6-query tiles per thread.
-            par_rows(ys, g.out_row().max(1), 6, g.work(), |first, chunk| {
+            // Whole query tiles per thread.
+            let align = self.kind.tile_rows();
+            par_rows(ys, g.out_row().max(1), align, g.work(), |first, chunk| {
                 SCRATCH.with_borrow_mut(|s| {
                     if s.len() < need + extra {
                         s.resize(need + extra, 0.0);
@@ -200,7 +212,7 @@ impl EvalOp for Attention {
                         l.fill(0.0);
                         l
                     });
-                    kernel::attend_rows(
+                    kernel::attend_rows_in(
                         self.kind,
                         &g,
                         self.scale,
@@ -275,11 +287,17 @@ impl TypedOp for Attention {
 }
 
 /// Replaces every attention subgraph [`Attention`] reproduces; returns how many.
-/// Does nothing where no SIMD kernel exists.
+/// Does nothing where no SIMD kernel exists (or passed its self-test); fails if
+/// `MASKD_ATTENTION_KERNEL` names a kernel that cannot run.
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
-    let Some(kind) = Kind::best() else {
+    let Some(kind) = Kind::selected()? else {
         return Ok(0);
     };
+    apply_with(model, kind)
+}
+
+/// [`apply`] with the kernel given (the tests and the benchmark pick each one).
+pub fn apply_with(model: &mut TypedModel, kind: Kind) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let Some(found) = find(model, id, kind)? else {

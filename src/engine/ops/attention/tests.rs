@@ -1,28 +1,22 @@
-//! The SIMD kernel against the f64 reference, and the rewrite against tract's graph.
+//! Every SIMD kernel against the f64 reference, the self-test and the selection rule,
+//! and the rewrite against tract's graph.
 
 use proptest::prelude::*;
 use tract_core::internal::*;
-use tract_core::ops::array::Gather;
-use tract_core::ops::einsum::EinSum;
-use tract_core::ops::math::mul;
-use tract_core::ops::nn::Softmax;
 
-use super::kernel::{self, Kind};
+use super::kernel::{self, select, Kind, SelectError};
+use super::selftest;
+use super::test_graph::{attention_model, values};
 use super::Geometry;
 use super::*;
 use crate::engine::test_util::{assert_close, f32s, run_first};
 
-fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
-        })
+/// The SIMD kernels this CPU runs (not only the selected one).
+fn simd_kinds() -> Vec<Kind> {
+    Kind::CANDIDATES
+        .iter()
+        .copied()
+        .filter(|k| k.available())
         .collect()
 }
 
@@ -48,43 +42,60 @@ fn check(g: Geometry, scale: f32, amp: f32, split: usize, seed: u64) {
         (total - expect).abs() <= 1e-3 * expect,
         "{total} vs {expect}"
     );
-    let Some(kind) = Kind::best() else {
-        return;
-    };
-    if !kind.supports(g.dim) {
-        return;
-    }
-    let mut got = vec![f32::NAN; want.len()];
-    let mut got_recv = vec![0f32; g.rows()];
-    kernel::attend(kind, &g, scale, &qkv, &mut got, Some(&mut got_recv));
-    assert_close(&got, &want, 2e-5);
-    assert_close(&got_recv, &want_recv, 2e-5);
-
-    let mut parts = vec![f32::NAN; want.len()];
-    let mut parts_recv = vec![0f32; g.rows()];
-    let mut scratch = vec![0f32; kernel::scratch_len(kind, g.tokens, g.dim)];
-    let rows_per = split.clamp(1, g.rows().max(1));
-    for (c, chunk) in parts.chunks_mut(rows_per * g.out_row()).enumerate() {
-        let recv = Some(&mut parts_recv[..]);
-        kernel::attend_rows(
-            kind,
-            &g,
-            scale,
-            &qkv,
-            c * rows_per,
-            chunk,
-            &mut scratch,
-            recv,
+    for kind in simd_kinds().into_iter().filter(|k| k.supports(g.dim)) {
+        let mut got = vec![f32::NAN; want.len()];
+        let mut got_recv = vec![0f32; g.rows()];
+        kernel::attend(kind, &g, scale, &qkv, &mut got, Some(&mut got_recv));
+        assert_close(&got, &want, 2e-5);
+        assert_close(&got_recv, &want_recv, 2e-5);
+        // Without the second output the kernel takes another path; same result.
+        let mut plain = vec![f32::NAN; want.len()];
+        kernel::attend(kind, &g, scale, &qkv, &mut plain, None);
+        assert_eq!(
+            plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{kind:?}: output depends on whether received is asked for"
         );
+
+        let mut parts = vec![f32::NAN; want.len()];
+        let mut parts_recv = vec![0f32; g.rows()];
+        // One scratch for every chunk, as a pool thread reuses its own.
+        let mut scratch = vec![f32::NAN; kind.scratch_len(g.tokens, g.dim)];
+        let rows_per = split.clamp(1, g.rows().max(1));
+        for (c, chunk) in parts.chunks_mut(rows_per * g.out_row()).enumerate() {
+            let recv = Some(&mut parts_recv[..]);
+            kernel::attend_rows_in(
+                kind,
+                &g,
+                scale,
+                &qkv,
+                c * rows_per,
+                chunk,
+                &mut scratch,
+                recv,
+            );
+        }
+        assert_close(&parts, &want, 2e-5);
+        assert_close(&parts_recv, &want_recv, 2e-5);
     }
-    assert_close(&parts, &want, 2e-5);
-    assert_close(&parts_recv, &want_recv, 2e-5);
 }
 
 #[test]
-fn kernel_on_the_model_shapes() {
-    // Encoder blocks (one image), decoder blocks (three prompts), pruned token counts.
-    for (batch, tokens) in [(1, 196), (3, 196), (1, 98), (1, 49)] {
+fn kernels_on_the_model_shapes() {
+    // Encoder blocks (one image), decoder blocks (three prompts), pruned token counts,
+    // and counts that leave every kind of tail (keys past a register, a short tile).
+    for (batch, tokens) in [
+        (1, 196),
+        (3, 196),
+        (1, 98),
+        (1, 49),
+        (1, 1),
+        (2, 7),
+        (1, 197),
+        (1, 50),
+        (1, 15),
+        (1, 33),
+    ] {
         let g = Geometry {
             batch,
             tokens,
@@ -92,6 +103,20 @@ fn kernel_on_the_model_shapes() {
             dim: 64,
         };
         check(g, 0.125, 2.0, 37, tokens as u64);
+    }
+}
+
+#[test]
+fn kernels_on_other_head_widths() {
+    // 16 and 48 wide: a 16-lane column block after (or instead of) 32-lane ones.
+    for dim in [16, 48, 80, 128] {
+        let g = Geometry {
+            batch: 2,
+            tokens: 29,
+            heads: 2,
+            dim,
+        };
+        check(g, 0.1, 1.5, 11, dim as u64);
     }
 }
 
@@ -139,78 +164,128 @@ fn reference_is_attention() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn kernel_matches_reference(
-        batch in 1usize..4, tokens in 1usize..45, heads in 1usize..4,
+    fn kernels_match_reference(
+        batch in 1usize..4, tokens in 1usize..70, heads in 1usize..4,
         lanes in 1usize..5, scale in 0.05f32..1.0, split in 1usize..50, seed in 0u64..1000,
     ) {
         let g = Geometry { batch, tokens, heads, dim: 16 * lanes };
         check(g, scale, 1.5, split, seed);
     }
+
+    #[test]
+    fn kernels_match_reference_on_narrow_heads(
+        tokens in 1usize..40, quads in 1usize..6, split in 1usize..20, seed in 0u64..1000,
+    ) {
+        // Widths a multiple of 4 only: the NEON kernel's one-register tails.
+        let g = Geometry { batch: 2, tokens, heads: 2, dim: 4 * quads };
+        check(g, 0.3, 1.5, split, seed);
+    }
 }
 
-/// The subgraph tract makes of `softmax(q·kᵀ·scale)·v` exported from PyTorch, on a
-/// `[B, T, 3·H·D]` input (`B` = `None`: rank 2), with the einsum strings tract's
-/// declutter produced for the default model.
-fn attention_model(
-    batch: Option<usize>,
-    t: usize,
-    h: usize,
-    d: usize,
-    exprs: [&str; 2],
-) -> TypedModel {
-    let mut m = TypedModel::default();
-    let packed = 3 * h * d;
-    let shape: TVec<usize> = match batch {
-        Some(b) => tvec![b, t, packed],
-        None => tvec![t, packed],
+#[test]
+fn selftest_passes_every_kernel_this_cpu_has() {
+    for kind in simd_kinds() {
+        let run = |g: &Geometry, s: f32, qkv: &[f32], row0, out: &mut [f32], recv: Received| {
+            kernel::attend_rows(kind, g, s, qkv, row0, out, recv)
+        };
+        assert_eq!(selftest::check(&run), Ok(()), "{kind:?}");
+    }
+}
+
+#[test]
+fn selftest_rejects_a_wrong_kernel() {
+    // Off in one output element of the longest probe.
+    let nudged =
+        |g: &Geometry, s: f32, qkv: &[f32], row0: usize, out: &mut [f32], recv: Received| {
+            kernel::attend_rows(Kind::Reference, g, s, qkv, row0, out, recv);
+            if g.tokens == 37 && row0 == 0 {
+                out[3] += 0.05;
+            }
+        };
+    let err = selftest::check(&nudged).expect_err("a wrong output passed");
+    assert!(
+        err.contains("T=37") && err.contains("output row 0 column 3"),
+        "{err}"
+    );
+    // Right outputs, but the pruning score left out.
+    let forgetful = |g: &Geometry, s: f32, qkv: &[f32], row0, out: &mut [f32], _: Received| {
+        kernel::attend_rows(Kind::Reference, g, s, qkv, row0, out, None)
     };
-    let r = shape.len();
-    let x = m.add_source("qkv", f32::fact(&shape)).expect("source");
-    let x = m
-        .wire_node(
-            "split",
-            AxisOp::Reshape(
-                r - 1,
-                tvec![packed.to_dim()],
-                tvec![3.to_dim(), h.to_dim(), d.to_dim()],
-            ),
-            &[x],
-        )
-        .expect("reshape")[0];
-    let x = m
-        .wire_node("move0", AxisOp::Move(r - 1, 0), &[x])
-        .expect("move")[0];
-    let x = m
-        .wire_node("move1", AxisOp::Move(r - 1, r), &[x])
-        .expect("move")[0];
-    let part = |m: &mut TypedModel, i: i64| {
-        let idx = m.add_const(format!("idx{i}"), tensor0(i)).expect("const");
-        m.wire_node(format!("gather{i}"), Gather::new(0), &[x, idx])
-            .expect("gather")[0]
+    let err = selftest::check(&forgetful).expect_err("missing received passed");
+    assert!(err.contains("received"), "{err}");
+    // NaN is not close to anything.
+    let nan = |_: &Geometry, _: f32, _: &[f32], _, out: &mut [f32], _: Received| out.fill(f32::NAN);
+    assert!(selftest::check(&nan).is_err());
+}
+
+/// The second output as a probe passes it.
+type Received<'a> = Option<&'a mut [f32]>;
+
+fn failed(kind: Kind) -> SelectError {
+    SelectError::SelfTest {
+        kernel: kind.name(),
+        detail: "probe".into(),
+    }
+}
+
+#[test]
+fn selection_skips_a_kernel_that_fails_its_self_test() {
+    // The reference stands in for a slower kernel that passes: it is always there.
+    let mut candidates = simd_kinds();
+    candidates.push(Kind::Reference);
+    let only_reference = |k: Kind| {
+        if k == Kind::Reference {
+            Ok(())
+        } else {
+            Err(failed(k))
+        }
     };
-    let (q, k, v) = (part(&mut m, 0), part(&mut m, 1), part(&mut m, 2));
-    let rank = m.outlet_fact(q).expect("fact").rank();
-    let s = m
-        .add_const(
-            "scale",
-            Tensor::from_shape(&vec![1; rank], &[0.125f32]).expect("scale"),
-        )
-        .expect("const");
-    let q = m.wire_node("scaled", mul(), &[q, s]).expect("mul")[0];
-    let e1 = EinSum::new(exprs[0].parse().expect("axes"), f32::datum_type());
-    let a = m.wire_node("qk", e1, &[q, k]).expect("qk")[0];
-    let ar = m.outlet_fact(a).expect("fact").rank();
-    let a = m
-        .wire_node(
-            "softmax",
-            Softmax::new(tvec![ar - 1], None, Default::default()),
-            &[a],
-        )
-        .expect("softmax")[0];
-    let e2 = EinSum::new(exprs[1].parse().expect("axes"), f32::datum_type());
-    let o = m.wire_node("pv", e2, &[a, v]).expect("pv")[0];
-    m.select_output_outlets(&[o]).expect("outputs");
-    m
+    assert_eq!(
+        select(None, &candidates, &only_reference),
+        Ok(Some(Kind::Reference))
+    );
+    assert_eq!(
+        select(Some(" "), &candidates, &only_reference),
+        Ok(Some(Kind::Reference))
+    );
+    // Nothing passes: tract's nodes stay.
+    assert_eq!(select(None, &candidates, &|k| Err(failed(k))), Ok(None));
+    // Everything passes: the fastest available is first.
+    assert_eq!(
+        select(None, &candidates, &|_| Ok(())),
+        Ok(candidates.first().copied())
+    );
+}
+
+#[test]
+fn the_knob_forces_refuses_or_keeps_tract() {
+    let all = Kind::CANDIDATES;
+    assert_eq!(select(Some("tract"), all, &|_| Ok(())), Ok(None));
+    assert_eq!(
+        select(Some("sse9"), all, &|_| Ok(())),
+        Err(SelectError::Unknown("sse9".into()))
+    );
+    for &kind in all {
+        let forced = select(Some(kind.name()), all, &|_| Ok(()));
+        if kind.available() {
+            assert_eq!(forced, Ok(Some(kind)));
+            // A forced kernel that fails its self-test is an error, not a fallback.
+            assert_eq!(
+                select(Some(kind.name()), all, &|k| Err(failed(k))),
+                Err(failed(kind))
+            );
+        } else {
+            assert_eq!(forced, Err(SelectError::Unavailable(kind.name())));
+        }
+    }
+}
+
+#[test]
+fn the_selected_kernel_is_the_fastest_that_passes() {
+    // Unless the environment forces one, every kernel here passes, so it is the first.
+    if std::env::var(kernel::KERNEL_ENV).is_err() {
+        assert_eq!(Kind::best(), simd_kinds().first().copied());
+    }
 }
 
 fn rewrite_case(batch: Option<usize>, exprs: [&str; 2], fused: bool) {
@@ -223,13 +298,17 @@ fn rewrite_case(batch: Option<usize>, exprs: [&str; 2], fused: bool) {
     };
     let x = Tensor::from_shape(&shape, &values(n, 3, 2.0)).expect("tensor");
     let want = run_first(model.clone(), [x.clone()]);
-    let mut model = model;
-    let done = apply(&mut model).expect("apply");
+    for kind in simd_kinds() {
+        let mut fused_model = model.clone();
+        let done = apply_with(&mut fused_model, kind).expect("apply");
+        assert_eq!(done, usize::from(fused), "{kind:?} {exprs:?}");
+        let got = run_first(fused_model, [x.clone()]);
+        assert_eq!(got.shape(), want.shape());
+        assert_close(&f32s(&got), &f32s(&want), 1e-5);
+    }
+    let mut selected = model.clone();
     let expect = usize::from(fused && Kind::best().is_some_and(|k| k.supports(d)));
-    assert_eq!(done, expect, "{exprs:?}");
-    let got = run_first(model, [x]);
-    assert_eq!(got.shape(), want.shape());
-    assert_close(&f32s(&got), &f32s(&want), 1e-5);
+    assert_eq!(apply(&mut selected).expect("apply"), expect, "{exprs:?}");
 }
 
 #[test]
