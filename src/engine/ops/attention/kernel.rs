@@ -254,14 +254,18 @@ pub fn attend_rows_in(
                 .map(|r| &mut r[b * g.tokens..(b + 1) * g.tokens]);
             match kind {
                 Kind::Reference => reference::head(g, scale, qkv, b, h, i0..i1, seg, scratch, recv),
-                // SAFETY (all three): `available()` was asserted above, and the asserts
-                // above bound every index the kernel uses.
+                // SAFETY: the CPU has AVX2 and FMA (`available()` asserted above); the
+                // asserts above bound every index the kernel uses.
                 #[cfg(target_arch = "x86_64")]
                 Kind::Avx2 => unsafe { x86::head(g, scale, qkv, b, h, i0..i1, seg, scratch, recv) },
+                // SAFETY: the CPU has AVX-512F (`available()` asserted above); the
+                // asserts above bound every index the kernel uses.
                 #[cfg(target_arch = "x86_64")]
                 Kind::Avx512 => unsafe {
                     x86_512::head(g, scale, qkv, b, h, i0..i1, seg, scratch, recv)
                 },
+                // SAFETY: NEON (`available()` asserted above); the asserts above bound
+                // every index the kernel uses.
                 #[cfg(target_arch = "aarch64")]
                 Kind::Neon => unsafe {
                     aarch64::head(g, scale, qkv, b, h, i0..i1, seg, scratch, recv)

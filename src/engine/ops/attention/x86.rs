@@ -233,7 +233,10 @@ unsafe fn tile<const R: usize>(
         for jv in 0..vectors {
             for r in 0..R {
                 let p = hd.s.add(jv * block + r * LANES);
-                let e = exp2(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p), max[r]), log2e));
+                let e = exp2(_mm256_mul_ps(
+                    _mm256_sub_ps(_mm256_loadu_ps(p), max[r]),
+                    log2e,
+                ));
                 _mm256_storeu_ps(p, e);
                 sum[r] = _mm256_add_ps(sum[r], e);
             }
