@@ -6,7 +6,8 @@
 //! fails to compile instead of being silently ignored by reload.
 
 use super::{
-    Config, EngineConfig, LogConfig, MaskConfig, PromptsConfig, PublishConfig, SourceConfig,
+    Config, EngineConfig, LogConfig, MaskConfig, PromptsConfig, PruningConfig, PublishConfig,
+    SourceConfig,
 };
 
 /// The dotted keys whose values differ between `old` and `new`, in file order.
@@ -43,6 +44,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         sparse_kernel,
         fused_ops,
         device,
+        pruning,
     } = &old.engine;
     let n = &new.engine;
     key("engine.manifest", *manifest != n.manifest);
@@ -50,6 +52,15 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     key("engine.sparse_kernel", *sparse_kernel != n.sparse_kernel);
     key("engine.fused_ops", *fused_ops != n.fused_ops);
     key("engine.device", *device != n.device);
+    let PruningConfig {
+        schedule,
+        scorer,
+        merge,
+    } = pruning;
+    let n = &n.pruning;
+    key("pruning.schedule", *schedule != n.schedule);
+    key("pruning.scorer", *scorer != n.scorer);
+    key("pruning.merge", *merge != n.merge);
 
     let PromptsConfig {
         text,

@@ -62,6 +62,10 @@ pub struct EngineConfig {
     pub fused_ops: bool,
     /// Where the segmenter's graphs run.
     pub device: Device,
+    /// `[pruning]`: token pruning between the segmenter's blocks. It lives beside the
+    /// engine's keys because a change reloads the engine (the stage plans are built with
+    /// the schedule's token counts in mind and swapped in like a new model).
+    pub pruning: PruningConfig,
 }
 
 impl EngineConfig {
@@ -74,8 +78,157 @@ impl EngineConfig {
             sparse_kernel: DEFAULT_SPARSE_KERNEL,
             fused_ops: DEFAULT_FUSED_OPS,
             device: DEFAULT_DEVICE,
+            pruning: PruningConfig::default(),
         }
     }
+}
+
+/// `[pruning]`, also `--pruning`/`--scorer` of `maskd eval` and `maskd bench`: which
+/// image tokens the segmenter's blocks keep. An empty schedule (the default) prunes
+/// nothing and runs the fused full graph; otherwise the model's `[stages]` run, one
+/// block at a time, with tokens dropped where the schedule says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PruningConfig {
+    /// In block order, strictly increasing `after_block`; each `keep` applies to the
+    /// tokens that entered that block, so keeps multiply.
+    pub schedule: Vec<PruneStep>,
+    /// How tokens are ranked for keeping.
+    pub scorer: TokenScorer,
+    /// Merge each step's dropped tokens into one context token (weighted by the
+    /// attention they received) that runs on through the remaining blocks.
+    pub merge: bool,
+}
+
+impl PruningConfig {
+    /// No schedule: the fused full graph runs. (A schedule of `keep = 1` steps is on:
+    /// the stages run and drop nothing, which is how the pruned path is tested.)
+    pub fn is_off(&self) -> bool {
+        self.schedule.is_empty()
+    }
+}
+
+/// One step of `pruning.schedule`: after block `after_block`, keep the `keep` fraction
+/// of the tokens (rounded to the nearest count).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PruneStep {
+    pub after_block: usize,
+    pub keep: f32,
+}
+
+/// `pruning.scorer`, also `--scorer`: what ranks the tokens.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScorer {
+    /// The attention each token received in the block (VisionDrop's rule).
+    Attention,
+    /// The L2 norm of each token's features after the block.
+    Norm,
+    /// Pseudo-random scores, seeded by the block and the frame's tokens: the control
+    /// any scorer has to beat, deterministic for a given frame.
+    Random,
+}
+
+impl Default for TokenScorer {
+    fn default() -> TokenScorer {
+        DEFAULT_SCORER
+    }
+}
+
+impl TokenScorer {
+    /// The config spelling, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScorer::Attention => "attention",
+            TokenScorer::Norm => "norm",
+            TokenScorer::Random => "random",
+        }
+    }
+}
+
+/// Why a pruning schedule is malformed on its own (without looking at a model): step
+/// `index`'s `field` and the reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("[{index}].{field}: {reason}")]
+pub struct ScheduleError {
+    pub index: usize,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// Checks what a schedule must satisfy on any model: `0 < keep <= 1` and `after_block`
+/// strictly increasing. The model-dependent rules (depth, at least one token left) are
+/// the engine's, which knows the model.
+pub fn check_schedule(steps: &[PruneStep]) -> Result<(), ScheduleError> {
+    for (index, step) in steps.iter().enumerate() {
+        if !(step.keep > 0.0 && step.keep <= 1.0) {
+            return Err(ScheduleError {
+                index,
+                field: "keep",
+                reason: format!(
+                    "{} must be in (0, 1]: the fraction of the tokens to keep",
+                    step.keep
+                ),
+            });
+        }
+        if let Some(prev) = index.checked_sub(1).map(|i| steps[i]) {
+            if step.after_block <= prev.after_block {
+                return Err(ScheduleError {
+                    index,
+                    field: "after_block",
+                    reason: format!(
+                        "{} does not follow the previous step's {}: steps must go in \
+                         strictly increasing block order",
+                        step.after_block, prev.after_block
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses the command-line spelling of a schedule, `"2:0.6,5:0.5"` (after block 2 keep
+/// 0.6, after block 5 keep 0.5); `"none"` or `""` is the empty schedule. Checked as
+/// [`check_schedule`] checks a config's.
+pub fn parse_schedule(text: &str) -> Result<Vec<PruneStep>, String> {
+    let text = text.trim();
+    if text.is_empty() || text == "none" {
+        return Ok(Vec::new());
+    }
+    let steps = text
+        .split([',', '+'])
+        .map(|part| {
+            let (block, keep) = part
+                .split_once(':')
+                .ok_or_else(|| format!("{part:?} is not BLOCK:KEEP (e.g. 2:0.6)"))?;
+            Ok(PruneStep {
+                after_block: block
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{part:?}: block {block:?} is not a block index"))?,
+                keep: keep
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{part:?}: keep {keep:?} is not a number"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    check_schedule(&steps).map_err(|e| format!("{text:?}: step {e}"))?;
+    Ok(steps)
+}
+
+/// The command-line spelling of a schedule (what [`parse_schedule`] reads).
+pub fn show_schedule(steps: &[PruneStep]) -> String {
+    if steps.is_empty() {
+        return "none".into();
+    }
+    steps
+        .iter()
+        .map(|s| format!("{}:{}", s.after_block, s.keep))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `engine.device`, also `--device` of `maskd bench` and `maskd eval`: where the
@@ -216,6 +369,7 @@ pub const DEFAULT_THREADS: usize = 1;
 pub const DEFAULT_SPARSE_KERNEL: SparseKernel = SparseKernel::Auto;
 pub const DEFAULT_FUSED_OPS: bool = true;
 pub const DEFAULT_DEVICE: Device = Device::Auto;
+pub const DEFAULT_SCORER: TokenScorer = TokenScorer::Norm;
 pub const DEFAULT_MAX_PROMPTS: usize = 32;
 pub const DEFAULT_MASK_WIDTH: u32 = 160;
 pub const DEFAULT_MASK_HEIGHT: u32 = 120;

@@ -37,6 +37,28 @@ pub(super) struct RawConfig {
     publish: RawPublish,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    pruning: RawPruning,
+}
+
+/// `[pruning]`; absent: no schedule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPruning {
+    #[serde(default)]
+    schedule: Vec<RawPruneStep>,
+    #[serde(default)]
+    scorer: TokenScorer,
+    #[serde(default)]
+    merge: bool,
+}
+
+/// Signed and wide so that validation, not serde, names a negative block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPruneStep {
+    after_block: i64,
+    keep: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,7 +266,10 @@ impl RawConfig {
         Ok(Config {
             path: path.to_path_buf(),
             source: self.source.validate(&check, &dir)?,
-            engine: self.engine.validate(&check, &dir)?,
+            engine: EngineConfig {
+                pruning: self.pruning.validate(&check)?,
+                ..self.engine.validate(&check, &dir)?
+            },
             prompts: self.prompts.validate(&check)?,
             masks: self.masks.validate(&check)?,
             publish: self.publish.validate(&check, &dir)?,
@@ -317,6 +342,36 @@ impl RawEngine {
             sparse_kernel: self.sparse_kernel,
             fused_ops: self.fused_ops,
             device: self.device,
+            pruning: PruningConfig::default(),
+        })
+    }
+}
+
+impl RawPruning {
+    fn validate(self, check: &Check<'_>) -> Result<PruningConfig, ConfigError> {
+        let mut schedule = Vec::with_capacity(self.schedule.len());
+        for (i, step) in self.schedule.iter().enumerate() {
+            let after_block = usize::try_from(step.after_block).map_err(|_| {
+                check.invalid(
+                    format!("pruning.schedule[{i}].after_block"),
+                    format!("{} is not a block index (0 is the first)", step.after_block),
+                )
+            })?;
+            schedule.push(PruneStep {
+                after_block,
+                keep: step.keep as f32,
+            });
+        }
+        check_schedule(&schedule).map_err(|e| {
+            check.invalid(
+                format!("pruning.schedule[{}].{}", e.index, e.field),
+                e.reason,
+            )
+        })?;
+        Ok(PruningConfig {
+            schedule,
+            scorer: self.scorer,
+            merge: self.merge,
         })
     }
 }

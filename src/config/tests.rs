@@ -42,6 +42,11 @@ allow_gids = [44]
 
 [log]
 level = "debug"
+
+[pruning]
+schedule = [{ after_block = 2, keep = 0.6 }, { after_block = 5, keep = 0.5 }]
+scorer = "attention"
+merge = false
 "#;
 
 const MINIMAL: &str = r#"
@@ -102,6 +107,20 @@ fn full_file_parses_into_typed_config() {
             sparse_kernel: SparseKernel::Dense,
             fused_ops: false,
             device: Device::Cpu,
+            pruning: PruningConfig {
+                schedule: vec![
+                    PruneStep {
+                        after_block: 2,
+                        keep: 0.6,
+                    },
+                    PruneStep {
+                        after_block: 5,
+                        keep: 0.5,
+                    },
+                ],
+                scorer: TokenScorer::Attention,
+                merge: false,
+            },
         },
         prompts: PromptsConfig {
             text: vec!["red circle".into(), "blue square".into()],
@@ -575,4 +594,105 @@ fn default_config_plays_the_bundled_clip_in_a_loop() {
         !cfg.publish.socket.starts_with("/run"),
         "demo must run without root"
     );
+}
+
+#[test]
+fn no_pruning_section_is_no_schedule() {
+    let cfg = parse(MINIMAL, etc()).unwrap();
+    assert!(cfg.engine.pruning.is_off());
+    assert_eq!(cfg.engine.pruning.scorer, DEFAULT_SCORER);
+    assert!(!cfg.engine.pruning.merge);
+}
+
+/// Each rule a schedule must meet without a model: the step and field are named.
+#[test]
+fn pruning_schedule_rules_name_the_step_and_field() {
+    let with = |schedule: &str| format!("{MINIMAL}\n[pruning]\nschedule = [{schedule}]\n");
+    let cases = [
+        (
+            "{ after_block = 2, keep = 0.0 }",
+            "pruning.schedule[0].keep",
+            "0 must be in (0, 1]",
+        ),
+        (
+            "{ after_block = 2, keep = -0.5 }",
+            "pruning.schedule[0].keep",
+            "-0.5 must be in (0, 1]",
+        ),
+        (
+            "{ after_block = 1, keep = 0.5 }, { after_block = 3, keep = 1.5 }",
+            "pruning.schedule[1].keep",
+            "1.5 must be in (0, 1]",
+        ),
+        (
+            "{ after_block = 4, keep = 0.5 }, { after_block = 4, keep = 0.5 }",
+            "pruning.schedule[1].after_block",
+            "4 does not follow the previous step's 4",
+        ),
+        (
+            "{ after_block = 5, keep = 0.5 }, { after_block = 2, keep = 0.5 }",
+            "pruning.schedule[1].after_block",
+            "2 does not follow the previous step's 5",
+        ),
+        (
+            "{ after_block = -1, keep = 0.5 }",
+            "pruning.schedule[0].after_block",
+            "-1 is not a block index",
+        ),
+    ];
+    for (schedule, want_key, want_reason) in cases {
+        let (key, reason) = invalid(&with(schedule));
+        assert_eq!(key, want_key, "{schedule}");
+        assert!(reason.starts_with(want_reason), "{schedule}: {reason}");
+    }
+    let err = parse(&with("{ after_block = 2, keep = 0.0 }"), etc())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("/etc/maskd/maskd.toml: pruning.schedule[0].keep: 0 must be in (0, 1]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pruning_keys_are_checked_by_serde() {
+    let (_, key, message) = syntax(&format!("{MINIMAL}\n[pruning]\nscorer = \"entropy\"\n"));
+    assert_eq!(key.as_deref(), Some("pruning.scorer"));
+    assert!(message.contains("attention"), "{message}");
+    let (_, key, _) = syntax(&format!(
+        "{MINIMAL}\n[pruning]\nschedule = [{{ after_block = 1, kept = 0.5 }}]\n"
+    ));
+    assert_eq!(key.as_deref(), Some("pruning.schedule"));
+}
+
+#[test]
+fn schedule_flag_spelling_round_trips_and_is_checked() {
+    let steps = parse_schedule("2:0.6, 5:0.5").unwrap();
+    assert_eq!(
+        steps,
+        [
+            PruneStep {
+                after_block: 2,
+                keep: 0.6
+            },
+            PruneStep {
+                after_block: 5,
+                keep: 0.5
+            }
+        ]
+    );
+    assert_eq!(show_schedule(&steps), "2:0.6,5:0.5");
+    assert_eq!(parse_schedule("1:0.5+4:0.5").unwrap().len(), 2);
+    assert!(parse_schedule("none").unwrap().is_empty());
+    assert_eq!(show_schedule(&[]), "none");
+    assert_eq!(
+        parse_schedule("3:0.5,2:0.5").unwrap_err(),
+        "\"3:0.5,2:0.5\": step [1].after_block: 2 does not follow the previous step's 3: \
+         steps must go in strictly increasing block order"
+    );
+    assert!(parse_schedule("2:0").unwrap_err().contains("[0].keep"));
+    assert!(parse_schedule("2-0.5").unwrap_err().contains("BLOCK:KEEP"));
+    assert!(parse_schedule("x:0.5")
+        .unwrap_err()
+        .contains("not a block index"));
 }
