@@ -18,6 +18,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod profile;
 pub mod prompts;
+pub mod pruning;
 pub mod segmenter;
 pub mod stages;
 #[cfg(test)]
@@ -103,7 +104,7 @@ impl Model {
         )
         .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
         let mut encoder = TextEncoder::load(&manifest)?;
-        let seg = Segmenter::load(&manifest, &options)?;
+        let seg = Segmenter::load_pruned(&manifest, &options, &cfg.pruning)?;
         let mut encoded = Vec::with_capacity(live.len());
         for (id, text) in live {
             let tokens = tokenizer.encode(text);
@@ -135,6 +136,16 @@ impl Model {
             seg.sparse().summary(),
             options.sparse_kernel.as_str()
         );
+        if let Some(pruner) = seg.pruner() {
+            let plan = pruner.plan();
+            log::info!(
+                "pruning {}: the stage graphs run, tokens per block {:?}, scorer {}, merge {}",
+                crate::config::show_schedule(&cfg.pruning.schedule),
+                plan.block_tokens(),
+                plan.scorer.as_str(),
+                plan.merge
+            );
+        }
         Ok(Model {
             manifest,
             pre,
@@ -206,6 +217,9 @@ impl Engine {
         self.manifest = model.manifest;
         self.pre = model.pre;
         self.seg = model.seg;
+        if let (Some(counter), Some(pruner)) = (self.alloc_counter, self.seg.pruner_mut()) {
+            pruner.set_alloc_counter(counter);
+        }
         self.post = model.post;
         self.prompts
             .replace_encoder(model.tokenizer, model.worker, model.encoded);
@@ -292,9 +306,17 @@ impl Engine {
         self.seg
             .run()
             .with_context(|| format!("frame {}", frame.seq))?;
-        self.stage_times.model_allocs =
+        let allocs =
             timing::allocs_between(allocs_before, self.alloc_counter.and_then(|count| count()));
         self.stage_times.model_ns = watch.lap();
+        self.stage_times.encoder_ns = self.seg.encoder_ns().unwrap_or(0);
+        if let Some(pruner) = self.seg.pruner() {
+            self.stage_times.select_ns = pruner.select_ns;
+            self.stage_times.select_allocs = pruner.select_allocs;
+        }
+        // The pruner's allocations are maskd's, not tract's.
+        self.stage_times.model_allocs =
+            allocs.map(|n| n.saturating_sub(self.stage_times.select_allocs.unwrap_or(0)));
         let (mask_logits, presence) = self.seg.outputs()?;
         self.post
             .run(
@@ -320,6 +342,9 @@ impl Engine {
     /// whose binary has a counting allocator that the engine may not import).
     pub fn set_alloc_counter(&mut self, counter: AllocCounter) {
         self.alloc_counter = Some(counter);
+        if let Some(pruner) = self.seg.pruner_mut() {
+            pruner.set_alloc_counter(counter);
+        }
     }
 
     /// The segmenter, whose input tensors and outputs of the last frame `maskd bench
@@ -337,6 +362,11 @@ impl Engine {
     /// The per-operator profile, when [`Engine::enable_profile`] was called.
     pub fn profile(&self) -> Option<&profile::OpProfile> {
         self.seg.profile()
+    }
+
+    /// The pruning schedule running, checked against the model; `None`: the full graph.
+    pub fn pruning(&self) -> Option<&pruning::Plan> {
+        self.seg.pruner().map(|p| p.plan())
     }
 
     /// Prompts currently run on each frame, in mask order.

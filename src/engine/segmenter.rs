@@ -8,20 +8,38 @@
 //! The prompt count `P` stays symbolic in the optimised plan, so adding or dropping a
 //! prompt never re-plans (re-optimising costs far more than one frame); `P = 0` is never
 //! run. Leaves out: what the outputs mean (`postprocess.rs`).
+//!
+//! With a `[pruning]` schedule the same inputs run through the model's stage graphs
+//! instead, one block at a time, tokens dropped between them (`stages.rs`,
+//! `pruning/`); what the segmenter hands on is the same either way.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use tract_onnx::prelude::*;
 
+use crate::config::PruningConfig;
 use crate::engine::manifest::Manifest;
 use crate::engine::plan::{output_f32, Dim, IoSpec, Plan, PlanOptions};
 use crate::engine::profile::OpProfile;
+use crate::engine::pruning::{self, Pruner};
+use crate::engine::stages::StageRunner;
+
+/// What runs the model.
+#[derive(Debug)]
+enum Graph {
+    /// `[segmenter] model`, one plan.
+    Full { plan: Plan, state: TypedSimpleState },
+    /// `[stages]`, with tokens pruned between the blocks.
+    Pruned {
+        stages: Box<StageRunner>,
+        pruner: Box<Pruner>,
+    },
+}
 
 #[derive(Debug)]
 pub struct Segmenter {
-    plan: Plan,
-    state: TypedSimpleState,
+    graph: Graph,
     image: Arc<Tensor>,
     text: Arc<Tensor>,
     dim: usize,
@@ -36,6 +54,47 @@ pub struct Segmenter {
 impl Segmenter {
     /// Loads `[segmenter] model`, checked against the manifest.
     pub fn load(manifest: &Manifest, options: &PlanOptions) -> anyhow::Result<Segmenter> {
+        Segmenter::load_pruned(manifest, options, &PruningConfig::default())
+    }
+
+    /// Loads what `pruning` asks for: without a schedule the full graph, with one the
+    /// stage graphs and a [`Pruner`] (the schedule checked against the model first, so
+    /// a schedule the model cannot take fails before any graph is loaded).
+    pub fn load_pruned(
+        manifest: &Manifest,
+        options: &PlanOptions,
+        pruning: &PruningConfig,
+    ) -> anyhow::Result<Segmenter> {
+        let graph = match pruning::Plan::resolve(pruning, manifest)? {
+            Some(plan) => Graph::Pruned {
+                stages: Box::new(StageRunner::load(manifest, options)?),
+                pruner: Box::new(Pruner::new(plan)?),
+            },
+            None => {
+                let plan = Segmenter::load_full(manifest, options)?;
+                let state = plan.spawn()?;
+                Graph::Full { plan, state }
+            }
+        };
+        let (w, h) = (
+            manifest.image.width as usize,
+            manifest.image.height as usize,
+        );
+        let dim = manifest.text.dim;
+        let [mh, mw] = manifest.segmenter.mask_size;
+        Ok(Segmenter {
+            graph,
+            image: Arc::new(Tensor::zero::<f32>(&[1, 3, h, w])?),
+            text: Arc::new(Tensor::zero::<f32>(&[0, dim])?),
+            dim,
+            mask_cells: mh * mw,
+            prompts: 0,
+            outputs: tvec!(),
+            profile: None,
+        })
+    }
+
+    fn load_full(manifest: &Manifest, options: &PlanOptions) -> anyhow::Result<Plan> {
         let s = &manifest.segmenter;
         let (w, h) = (
             manifest.image.width as usize,
@@ -60,26 +119,14 @@ impl Segmenter {
             ),
             IoSpec::new(&s.score_output, f, &[Dim::Sym("P")]),
         ];
-        let plan = Plan::load(
+        Plan::load(
             &s.model,
             manifest.relative(&s.model),
             &inputs,
             &outputs,
             options,
         )
-        .with_context(|| format!("{}: segmenter.model", manifest.path.display()))?;
-        let state = plan.spawn()?;
-        Ok(Segmenter {
-            plan,
-            state,
-            image: Arc::new(Tensor::zero::<f32>(&[1, 3, h, w])?),
-            text: Arc::new(Tensor::zero::<f32>(&[0, dim])?),
-            dim,
-            mask_cells: mh * mw,
-            prompts: 0,
-            outputs: tvec!(),
-            profile: None,
-        })
+        .with_context(|| format!("{}: segmenter.model", manifest.path.display()))
     }
 
     /// Lets `write` fill the image input (`3 * H * W` floats, NCHW) in place.
@@ -129,20 +176,64 @@ impl Segmenter {
         anyhow::ensure!(self.prompts > 0, "no prompt to run");
         // Drop the previous outputs first so their buffers are freed before the run.
         self.outputs.clear();
-        let inputs = tvec!(
+        let (image, text) = (
             TValue::from_const(self.image.clone()),
-            TValue::from_const(self.text.clone())
+            TValue::from_const(self.text.clone()),
         );
-        let run = match &mut self.profile {
-            None => self.state.run(inputs),
-            Some(profile) => profile.run(&mut self.state, inputs),
-        };
-        self.outputs = run.with_context(|| format!("{}: running", self.plan.shown.display()))?;
+        match &mut self.graph {
+            Graph::Full { plan, state } => {
+                let inputs = tvec!(image, text);
+                let run = match &mut self.profile {
+                    None => state.run(inputs),
+                    Some(profile) => profile.run(state, inputs),
+                };
+                self.outputs = run.with_context(|| format!("{}: running", plan.shown.display()))?;
+            }
+            Graph::Pruned { stages, pruner } => stages.run(image, text, pruner.as_mut())?,
+        }
         Ok(())
     }
 
+    /// Times every node of the full graph from the next run on. The pruned stages run
+    /// as many plans, which the profile does not cover: they stay untimed (logged).
     pub fn enable_profile(&mut self, per_node: bool) {
+        if let Graph::Pruned { .. } = self.graph {
+            log::warn!("the per-operator profile covers the full graph only; the pruned stage graphs run untimed");
+            return;
+        }
         self.profile.get_or_insert_with(|| OpProfile::new(per_node));
+    }
+
+    /// The full graph's plan (tests look inside it); `None` when the stages run.
+    #[cfg(test)]
+    pub(crate) fn full_plan(&self) -> Option<&Plan> {
+        match &self.graph {
+            Graph::Full { plan, .. } => Some(plan),
+            Graph::Pruned { .. } => None,
+        }
+    }
+
+    /// The last run's time before the decoder, when the stage graphs run.
+    pub fn encoder_ns(&self) -> Option<u64> {
+        match &self.graph {
+            Graph::Full { .. } => None,
+            Graph::Pruned { stages, .. } => Some(stages.encoder_ns()),
+        }
+    }
+
+    /// The pruner, when a schedule is running.
+    pub fn pruner(&self) -> Option<&Pruner> {
+        match &self.graph {
+            Graph::Full { .. } => None,
+            Graph::Pruned { pruner, .. } => Some(&**pruner),
+        }
+    }
+
+    pub(crate) fn pruner_mut(&mut self) -> Option<&mut Pruner> {
+        match &mut self.graph {
+            Graph::Full { .. } => None,
+            Graph::Pruned { pruner, .. } => Some(&mut **pruner),
+        }
     }
 
     pub fn profile(&self) -> Option<&OpProfile> {
@@ -151,12 +242,16 @@ impl Segmenter {
 
     /// `(mask_logits [P * mask_h * mask_w], presence_logits [P])` of the last run.
     pub fn outputs(&self) -> anyhow::Result<(&[f32], &[f32])> {
+        let plan = match &self.graph {
+            Graph::Full { plan, .. } => plan,
+            Graph::Pruned { stages, .. } => return stages.outputs(),
+        };
         let masks = output_f32(&self.outputs, 0, "mask_logits")?;
         let scores = output_f32(&self.outputs, 1, "presence_logits")?;
         anyhow::ensure!(
             masks.len() == self.prompts * self.mask_cells && scores.len() == self.prompts,
             "{}: outputs have {} mask and {} presence values for {} prompts",
-            self.plan.shown.display(),
+            plan.shown.display(),
             masks.len(),
             scores.len(),
             self.prompts
@@ -166,7 +261,10 @@ impl Segmenter {
 
     /// Which N:M layers of the graph run sparse.
     pub fn sparse(&self) -> &crate::engine::ops::matmul::SparseReport {
-        self.plan.sparse()
+        match &self.graph {
+            Graph::Full { plan, .. } => plan.sparse(),
+            Graph::Pruned { stages, .. } => stages.sparse(),
+        }
     }
 
     /// The image input of the last run (for the stage runner and tests).
@@ -306,7 +404,7 @@ pub(crate) mod tests {
 
     /// Nodes of the segmenter's plan whose op is `name`.
     fn ops(seg: &Segmenter, name: &str) -> usize {
-        count_ops(seg.plan.plan.model(), name)
+        count_ops(seg.full_plan().unwrap().plan.model(), name)
     }
 
     /// Largest difference over both outputs (masks, presence).
@@ -376,7 +474,7 @@ pub(crate) mod tests {
             assert_eq!(ops(seg, "DenseMatMul"), dense);
             if dense > 0 {
                 // Every block's fc1 carries its GELU, proj and fc2 their residual.
-                let plan = seg.plan.plan.model();
+                let plan = seg.full_plan().unwrap().plan.model();
                 let fused = |f: fn(&crate::engine::ops::matmul::DenseMatMul) -> bool| {
                     plan.nodes()
                         .iter()

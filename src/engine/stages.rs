@@ -1,6 +1,6 @@
 //! The segmenter run as separate stage graphs: `embed -> block0 .. blockN -> decoder`,
 //! each its own plan and state, so that tokens can be dropped between blocks (token
-//! pruning, a later issue). The blocks keep the token count `T` symbolic, so one plan
+//! pruning, `pruning/`). The blocks keep the token count `T` symbolic, so one plan
 //! runs any number of kept tokens at a cost near-proportional to `T`.
 //!
 //! Graph interfaces (names fixed by convention, see `docs/MANIFEST.md`):
@@ -10,16 +10,20 @@
 //!
 //! The seam is [`TokenPolicy`]: it sees each block's output tokens and the attention each
 //! token received, and chooses the tokens entering the next block; before the decoder it
-//! must restore the full `N` tokens. [`KeepAll`] reproduces the full graph.
+//! must restore the full `N` tokens. [`KeepAll`] reproduces the full graph;
+//! [`crate::engine::pruning::Pruner`] drops tokens by a schedule.
 
 use anyhow::Context;
 use tract_onnx::prelude::*;
 
 use crate::engine::manifest::Manifest;
+use crate::engine::ops::matmul::SparseReport;
 use crate::engine::plan::{output_f32, Dim, IoSpec, Plan, PlanOptions};
 
 /// What happens to the tokens between blocks.
 pub trait TokenPolicy {
+    /// Called once per frame, before the first block.
+    fn begin(&mut self) {}
     /// Called after block `block` with its output tokens `[1, T, C]` and the attention each
     /// received (`T` values); returns the tokens for the next block (or the decoder).
     fn after_block(
@@ -80,6 +84,10 @@ pub struct StageRunner {
     prompts: usize,
     /// The decoder's outputs of the last run.
     outputs: TVec<TValue>,
+    /// Every stage's N:M layers, in stage order.
+    sparse: SparseReport,
+    /// The last run's embed and blocks, the policy's work between them included.
+    encoder_ns: u64,
 }
 
 impl StageRunner {
@@ -180,7 +188,17 @@ impl StageRunner {
         .with_context(|| ctx("stages.decoder".into()))?;
 
         let attention = vec![Vec::with_capacity(st.tokens); blocks.len()];
+        let mut sparse = SparseReport::default();
+        for plan in std::iter::once(&embed)
+            .chain(blocks.iter().map(|b| &b.plan))
+            .chain(std::iter::once(&decoder))
+        {
+            sparse.sparse.extend(plan.sparse().sparse.iter().cloned());
+            sparse.dense.extend(plan.sparse().dense.iter().cloned());
+        }
         Ok(StageRunner {
+            sparse,
+            encoder_ns: 0,
             embed: Stage::new(embed)?,
             blocks,
             decoder: Stage::new(decoder)?,
@@ -195,6 +213,16 @@ impl StageRunner {
         self.blocks.len()
     }
 
+    /// Nanoseconds the last run spent before the decoder (embed, blocks, the policy).
+    pub fn encoder_ns(&self) -> u64 {
+        self.encoder_ns
+    }
+
+    /// Which N:M layers of all the stage graphs run sparse.
+    pub fn sparse(&self) -> &SparseReport {
+        &self.sparse
+    }
+
     /// Runs every stage on `image` `[1,3,H,W]` and `text` `[P,D]`; read the decoder's
     /// results with [`StageRunner::outputs`].
     pub fn run(
@@ -205,6 +233,8 @@ impl StageRunner {
     ) -> anyhow::Result<()> {
         self.outputs.clear();
         self.prompts = text.shape().first().copied().unwrap_or(0);
+        let start = std::time::Instant::now();
+        policy.begin();
         let mut out = self.embed.run(tvec!(image))?.into_iter();
         let (mut tokens, skip) = match (out.next(), out.next()) {
             (Some(t), Some(s)) => (t, s),
@@ -219,6 +249,7 @@ impl StageRunner {
             tokens = policy.after_block(i, next, &self.attention[i])?;
         }
         let tokens = policy.before_decoder(tokens)?;
+        self.encoder_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.outputs = self.decoder.run(tvec!(tokens, skip, text))?;
         Ok(())
     }

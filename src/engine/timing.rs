@@ -23,8 +23,18 @@ pub struct StageTimes {
     pub model_ns: u64,
     /// Reading the outputs and thresholding them into the `MaskSet`.
     pub postprocess_ns: u64,
-    /// Heap allocations during the plan's run, when an [`AllocCounter`] is installed.
+    /// Heap allocations during the plan's run, when an [`AllocCounter`] is installed
+    /// (tract's: the pruner's own are `select_allocs`).
     pub model_allocs: Option<u64>,
+    /// With a pruning schedule, the part of `model_ns` before the decoder: the embed
+    /// and every block, the pruner's work between them included (0 for the full graph,
+    /// which runs as one plan).
+    pub encoder_ns: u64,
+    /// With a pruning schedule, the part of `model_ns` the pruner took: scoring, top-k,
+    /// gathering the kept tokens and scattering the grid back for the decoder.
+    pub select_ns: u64,
+    /// The pruner's heap allocations this frame, with a counter (meant to be 0).
+    pub select_allocs: Option<u64>,
 }
 
 /// Marks the stage boundaries of one frame.
