@@ -5,7 +5,9 @@
 //! postprocessing with the thresholds `[prompts]` or the manifest give) on each image of
 //! the set, all of an image's prompts in one run, with masks made at the image's full
 //! size. `--config` takes `[engine]` and the thresholds from a daemon config (its prompt
-//! list is ignored); `--manifest`, `--threads` and `--sparse-kernel` override it. It compares
+//! list is ignored); `--manifest`, `--threads`, `--sparse-kernel` and the pruning flags
+//! (`--pruning`, `--scorer`, `--merge`, repeatable: one command sweeps every schedule with
+//! every scorer, one engine each) override it. It compares
 //! them with the ground truth: IoU per present prompt; an absent prompt (no mask in the
 //! index) is right when its predicted mask covers at most 1% of the image. Images not at
 //! the model's input size are stretched to it (no letterbox).
@@ -28,7 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self as cfg, Device, EngineConfig, PromptsConfig, SparseKernel};
+use crate::commands::pruning::{self, PruningArgs};
+use crate::config::{
+    self as cfg, Device, EngineConfig, PromptsConfig, PruningConfig, SparseKernel,
+};
 use crate::contracts::{FrameView, MaskSet, PromptDirectory, PromptId};
 use crate::engine::prompts::Embedding;
 use crate::engine::{Engine, Manifest};
@@ -63,6 +68,8 @@ pub struct EvalArgs {
     /// Only the first N images (quick checks).
     #[arg(long)]
     pub limit: Option<usize>,
+    #[command(flatten)]
+    pub pruning: PruningArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
@@ -149,6 +156,9 @@ pub struct Evaluator {
     ordered: MaskSet,
     /// Seconds spent in [`Engine::infer_sized`] (all prompts of an image per frame).
     pub infer_s: f64,
+    /// Of those, with a pruning schedule: before the decoder, and in the pruner.
+    pub encoder_s: f64,
+    pub select_s: f64,
     pub runs: usize,
 }
 
@@ -166,12 +176,18 @@ impl Evaluator {
             ids: Vec::new(),
             ordered: MaskSet::default(),
             infer_s: 0.0,
+            encoder_s: 0.0,
+            select_s: 0.0,
             runs: 0,
         })
     }
 
     pub fn manifest(&self) -> &Manifest {
         self.engine.manifest()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Masks for `prompts` on `image`, at the image's size, in prompt order.
@@ -229,6 +245,9 @@ impl Evaluator {
         self.engine
             .infer_sized(&frame, image.dimensions(), &mut self.masks)?;
         self.infer_s += start.elapsed().as_secs_f64();
+        let times = self.engine.stage_times();
+        self.encoder_s += times.encoder_ns as f64 / 1e9;
+        self.select_s += times.select_ns as f64 / 1e9;
         self.runs += 1;
         // The engine gives masks in id order; the set wants its own (and may repeat a text).
         // Same frame and sizes; the mask slots are reused, refilled below.
@@ -323,17 +342,93 @@ pub struct Report {
     /// Mean engine time per image (preprocessing, segmenter and postprocessing, all its
     /// prompts in one run), milliseconds.
     pub infer_ms_per_image: f64,
+    /// The pruning setting (`none`: the full graph).
+    pub pruning: String,
+    /// With a schedule: tokens entering each block.
+    pub block_tokens: Option<Vec<usize>>,
+    /// With a schedule: of `infer_ms_per_image`, the embed and blocks (the pruner's
+    /// work included) and the pruner's work alone.
+    pub encoder_ms_per_image: Option<f64>,
+    pub select_ms_per_image: Option<f64>,
     pub total_s: f64,
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    let report = evaluate(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
+    let reports = sweep(args)?;
+    match reports.as_slice() {
+        [one] if args.json => println!("{}", serde_json::to_string_pretty(one)?),
+        [one] => print!("{}", render(one)),
+        many if args.json => println!("{}", serde_json::to_string_pretty(many)?),
+        many => {
+            for r in many {
+                print!("{}", render(r));
+            }
+            print!("{}", render_sweep(many));
+        }
     }
     Ok(())
+}
+
+/// Every pruning setting the flags name (the config's alone without them), each with
+/// an engine of its own, in the order given.
+pub fn sweep(args: &EvalArgs) -> anyhow::Result<Vec<Report>> {
+    let (engine, _) = engine_config(args, 1)?;
+    let variants = args.pruning.variants(&engine.pruning);
+    let mut out = Vec::with_capacity(variants.len());
+    for (i, v) in variants.iter().enumerate() {
+        if variants.len() > 1 {
+            eprintln!(
+                "eval: pruning {} ({}/{})",
+                pruning::label(v),
+                i + 1,
+                variants.len()
+            );
+        }
+        out.push(evaluate_with(args, Some(v))?);
+    }
+    Ok(out)
+}
+
+/// One line per pruning setting, its figures against the first line's.
+pub fn render_sweep(reports: &[Report]) -> String {
+    let Some(base) = reports.first() else {
+        return String::new();
+    };
+    let width = reports
+        .iter()
+        .map(|r| r.pruning.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let mut s = format!(
+        "\nsweep, against the first row ({} images, {} thread(s)):\n{:width$}  {:>6}  {:>7}  {:>9}  {:>7}  {:>10}  {:>9}  {:>8}\n",
+        base.images,
+        base.threads,
+        "pruning",
+        "mIoU",
+        "% mIoU",
+        "absent-ok",
+        "ms/img",
+        "encoder ms",
+        "select ms",
+        "x faster"
+    );
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    for r in reports {
+        s += &format!(
+            "{:width$}  {:>6.4}  {:>7.1}  {:>9.4}  {:>7.1}  {:>10}  {:>9}  {:>8.2}\n",
+            r.pruning,
+            r.miou,
+            100.0 * r.miou / base.miou.max(1e-9),
+            r.absent_ok_rate,
+            r.infer_ms_per_image,
+            opt(r.encoder_ms_per_image, 1),
+            opt(r.select_ms_per_image, 3),
+            base.infer_ms_per_image / r.infer_ms_per_image.max(1e-9)
+        );
+    }
+    s
 }
 
 /// The `[engine]` and `[prompts]` eval runs with: the config's (or the defaults), the
@@ -374,15 +469,23 @@ pub fn engine_config(
     Ok((engine, prompts))
 }
 
-/// Runs the whole set.
+/// Runs the whole set with the config's pruning (or the one `--pruning` etc. give).
 pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
+    evaluate_with(args, None)
+}
+
+/// Runs the whole set, with `pruning` over what the config and flags give.
+fn evaluate_with(args: &EvalArgs, pruning: Option<&PruningConfig>) -> anyhow::Result<Report> {
     let start = Instant::now();
     let mut samples = load_set(&args.set)?;
     if let Some(n) = args.limit {
         samples.truncate(n);
     }
     let per_image = samples.iter().map(|s| s.prompts.len()).max().unwrap_or(1);
-    let (engine, prompts) = engine_config(args, per_image)?;
+    let (mut engine, prompts) = engine_config(args, per_image)?;
+    if let Some(p) = pruning {
+        engine.pruning = p.clone();
+    }
     let mut ev = Evaluator::new(&engine, &prompts)?;
     let model = ev.manifest().name.clone();
     let (mut generated, mut real, mut all_absent) =
@@ -419,6 +522,7 @@ pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
             }
         }
     }
+    let ms_per_image = |s: f64| 1e3 * s / ev.runs.max(1) as f64;
     Ok(Report {
         model,
         manifest: engine.manifest.display().to_string(),
@@ -430,11 +534,11 @@ pub fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
         real,
         concepts,
         threads: engine.threads.max(1),
-        infer_ms_per_image: if ev.runs > 0 {
-            1e3 * ev.infer_s / ev.runs as f64
-        } else {
-            0.0
-        },
+        infer_ms_per_image: ms_per_image(ev.infer_s),
+        pruning: pruning::label(&engine.pruning),
+        block_tokens: ev.engine().pruning().map(|p| p.block_tokens()),
+        encoder_ms_per_image: ev.engine().pruning().map(|_| ms_per_image(ev.encoder_s)),
+        select_ms_per_image: ev.engine().pruning().map(|_| ms_per_image(ev.select_s)),
         total_s: start.elapsed().as_secs_f64(),
     })
 }
@@ -524,6 +628,7 @@ mod tests {
             sparse_kernel: None,
             device: None,
             limit: None,
+            pruning: PruningArgs::default(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod eval;
 pub mod inspect;
 pub mod onnx_io;
+pub mod pruning;
 pub mod sparsify;
 pub mod subscribe;
 

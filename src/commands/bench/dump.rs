@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::config::SparseKernel;
 
 use super::frame::{Loaded, MASK_SIZE};
-use super::BenchArgs;
+use super::{BenchArgs, Variant};
 
 /// `inputs.json`.
 #[derive(Debug, Serialize)]
@@ -55,13 +55,8 @@ pub struct TensorFile {
 
 /// Loads the variant, runs its warm-up frames and one more, and writes that frame's
 /// segmenter inputs and outputs into `dir`.
-pub fn run(
-    args: &BenchArgs,
-    manifest: &Path,
-    kernel: SparseKernel,
-    dir: &Path,
-) -> anyhow::Result<DumpHeader> {
-    let mut loaded = Loaded::new(args, manifest, kernel)?;
+pub fn run(args: &BenchArgs, variant: &Variant, dir: &Path) -> anyhow::Result<DumpHeader> {
+    let mut loaded = Loaded::new(args, variant)?;
     loaded.frame(3)?;
     std::fs::create_dir_all(dir).with_context(|| format!("--dump-inputs {}", dir.display()))?;
     let engine = &loaded.engine;
@@ -88,9 +83,9 @@ pub fn run(
         write_tensor(dir, &s.score_output, &[p], presence)?,
     ];
     let header = DumpHeader {
-        manifest: absolute(manifest),
+        manifest: absolute(&variant.manifest),
         graph: absolute(&s.model),
-        sparse_kernel: kernel,
+        sparse_kernel: variant.kernel,
         prompts: args.prompts.clone(),
         image: absolute(&args.image),
         input_width: m.image.width,

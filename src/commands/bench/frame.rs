@@ -19,13 +19,13 @@ use anyhow::{bail, Context};
 
 use crate::alloc;
 use crate::config::{EngineConfig, DEFAULT_MAX_PROMPTS};
-use crate::config::{MaskEncoding, PromptsConfig, PublishConfig, SparseKernel};
+use crate::config::{MaskEncoding, PromptsConfig, PublishConfig};
 use crate::contracts::{FrameView, MaskSet};
 use crate::engine::Engine;
 use crate::publish::wire::{self, ServerMessage};
 use crate::publish::{Client, ClientError, Publisher};
 
-use super::BenchArgs;
+use super::{BenchArgs, Variant};
 
 /// Mask size of every bench frame: the demo config's `[masks]`.
 pub(crate) const MASK_SIZE: (u32, u32) = (160, 120);
@@ -46,6 +46,11 @@ pub(crate) struct FrameSample {
     pub publish_ms: f64,
     /// Heap allocations inside the segmenter plan's run, when counted.
     pub model_allocs: Option<u64>,
+    /// With a pruning schedule, parts of `model_ms`: before the decoder, and in the
+    /// pruner; and the pruner's allocations.
+    pub encoder_ms: f64,
+    pub select_ms: f64,
+    pub select_allocs: Option<u64>,
 }
 
 /// A variant loaded in this process, prompts encoded, fed a still image, publishing
@@ -62,17 +67,14 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// Loads `manifest`, encodes the prompts, connects the client and runs 3 warm-up
     /// frames.
-    pub(crate) fn new(
-        args: &BenchArgs,
-        manifest: &Path,
-        kernel: SparseKernel,
-    ) -> anyhow::Result<Loaded> {
+    pub(crate) fn new(args: &BenchArgs, variant: &Variant) -> anyhow::Result<Loaded> {
         let load_start = Instant::now();
         let cfg = EngineConfig {
             threads: args.threads.max(1),
-            sparse_kernel: kernel,
+            sparse_kernel: variant.kernel,
             device: args.device,
-            ..EngineConfig::with_defaults(manifest.to_owned())
+            pruning: variant.pruning.clone(),
+            ..EngineConfig::with_defaults(variant.manifest.clone())
         };
         let prompts = PromptsConfig {
             text: args.prompts.clone(),
@@ -128,6 +130,9 @@ impl Loaded {
             postprocess_ms: ms(stages.postprocess_ns),
             publish_ms: end.duration_since(infer_done).as_secs_f64() * 1e3,
             model_allocs: stages.model_allocs,
+            encoder_ms: ms(stages.encoder_ns),
+            select_ms: ms(stages.select_ns),
+            select_allocs: stages.select_allocs,
         })
     }
 

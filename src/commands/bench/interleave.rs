@@ -10,9 +10,9 @@
 
 use serde::Serialize;
 
-use crate::config::SparseKernel;
-
-use super::{paired_ratio, percentile, speed_header, turn_order, BenchArgs, Loaded, Speed};
+use super::{
+    paired_ratio, percentile, speed_header, turn_order, BenchArgs, Loaded, Speed, Variant,
+};
 
 /// One variant's figures from an interleaved run.
 #[derive(Debug, Clone, Serialize)]
@@ -23,11 +23,11 @@ pub struct InterleavedSummary {
     pub frames: usize,
 }
 
-pub fn run(args: &BenchArgs, kernels: &[SparseKernel]) -> anyhow::Result<Vec<InterleavedSummary>> {
-    let mut loaded = Vec::with_capacity(args.manifests.len());
-    for (manifest, &kernel) in args.manifests.iter().zip(kernels) {
-        eprintln!("bench: loading {} ({kernel:?})", manifest.display());
-        loaded.push(Loaded::new(args, manifest, kernel)?);
+pub fn run(args: &BenchArgs, variants: &[Variant]) -> anyhow::Result<Vec<InterleavedSummary>> {
+    let mut loaded = Vec::with_capacity(variants.len());
+    for v in variants {
+        eprintln!("bench: loading {} ({:?})", v.manifest.display(), v.kernel);
+        loaded.push(Loaded::new(args, v)?);
     }
     let steps = args.frames.max(1) * args.rounds.max(1);
     let mut times = vec![Vec::with_capacity(steps); loaded.len()];
@@ -38,8 +38,8 @@ pub fn run(args: &BenchArgs, kernels: &[SparseKernel]) -> anyhow::Result<Vec<Int
     }
     let base = times.first().cloned().unwrap_or_default();
     let mut out: Vec<InterleavedSummary> = Vec::with_capacity(loaded.len());
-    for ((manifest, &kernel), t) in args.manifests.iter().zip(kernels).zip(times) {
-        let mut speed = Speed::new(manifest, kernel, percentile(&mut t.clone(), 0.5))?;
+    for (v, t) in variants.iter().zip(times) {
+        let mut speed = Speed::new(v, percentile(&mut t.clone(), 0.5))?;
         let base_bytes = out
             .first()
             .map_or(speed.model_bytes, |b| b.speed.model_bytes);

@@ -10,6 +10,10 @@
 //! the heap allocations of the segmenter plan's runs are counted apart from the rest of
 //! the frame's. `--dump-inputs` writes the segmenter's inputs and outputs of one frame
 //! for other runtimes (`dump.rs`, `bench/peer/`).
+//!
+//! `--pruning`/`--scorer` (repeatable) make every manifest one variant per pruning
+//! setting, so one command sweeps schedules; a pruned variant also reports the part of
+//! the model stage before the decoder (`encoder`) and the pruner's own (`select`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +22,8 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::alloc;
-use crate::config::{Device, SparseKernel};
+use crate::commands::pruning::{self, PruningArgs};
+use crate::config::{Device, PruningConfig, SparseKernel};
 use crate::engine::profile::OpRow;
 
 pub mod dump;
@@ -81,6 +86,34 @@ pub struct BenchArgs {
     /// Internal: run one variant in this process and print its JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
+    #[command(flatten)]
+    pub pruning: PruningArgs,
+}
+
+/// One row of a bench: a manifest, how its N:M layers run, and its token pruning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub manifest: PathBuf,
+    pub kernel: SparseKernel,
+    pub pruning: PruningConfig,
+}
+
+/// Every manifest (with its `--sparse-kernel`) under every pruning setting, in that
+/// order: a manifest's settings side by side.
+fn variants(args: &BenchArgs) -> anyhow::Result<Vec<Variant>> {
+    let kernels = kernels_per_variant(args)?;
+    let settings = args.pruning.variants(&PruningConfig::default());
+    let mut out = Vec::with_capacity(kernels.len() * settings.len());
+    for (manifest, kernel) in args.manifests.iter().zip(kernels) {
+        for pruning in &settings {
+            out.push(Variant {
+                manifest: manifest.clone(),
+                kernel,
+                pruning: pruning.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// One variant's result in one round (what a child prints).
@@ -113,6 +146,10 @@ pub struct RoundResult {
     /// `--profile`: median frame time while profiling and the plan's operators.
     #[serde(default)]
     pub profile: Option<ProfileResult>,
+    /// With a pruning schedule: heap allocations per frame in the pruner (scoring,
+    /// top-k, gather, scatter), part of `maskd_allocs_per_frame`; meant to be 0.
+    #[serde(default)]
+    pub select_allocs_per_frame: Option<f64>,
 }
 
 /// Each stage of the frame over the timed frames. Means add up to the frame's mean
@@ -124,6 +161,12 @@ pub struct Stages {
     pub postprocess: StageStat,
     /// `Publisher::publish`: RLE-encoding the masks, building the FRAME, sending it.
     pub encode_and_publish: StageStat,
+    /// Parts of `model` with a pruning schedule (0 without): the embed and blocks with
+    /// the pruner between them, and the pruner alone.
+    #[serde(default)]
+    pub encoder: StageStat,
+    #[serde(default)]
+    pub select: StageStat,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -161,6 +204,8 @@ impl Stages {
             model: stage(|s| s.model_ms),
             postprocess: stage(|s| s.postprocess_ms),
             encode_and_publish: stage(|s| s.publish_ms),
+            encoder: stage(|s| s.encoder_ms),
+            select: stage(|s| s.select_ms),
         }
     }
 
@@ -173,6 +218,8 @@ impl Stages {
             model: stage(|s| s.model),
             postprocess: stage(|s| s.postprocess),
             encode_and_publish: stage(|s| s.encode_and_publish),
+            encoder: stage(|s| s.encoder),
+            select: stage(|s| s.select),
         }
     }
 }
@@ -191,6 +238,8 @@ pub struct ProfileResult {
 pub struct Speed {
     pub manifest: PathBuf,
     pub sparse_kernel: SparseKernel,
+    /// The token pruning setting (`none`: the full graph).
+    pub pruning: String,
     /// Bytes of the segmenter's files on disk (its graph and external weights).
     pub model_bytes: u64,
     pub median_ms: f64,
@@ -202,11 +251,12 @@ pub struct Speed {
 
 impl Speed {
     /// The figures of one variant; ratios are 1 until [`Speed::against`] sets them.
-    fn new(manifest: &Path, kernel: SparseKernel, median_ms: f64) -> anyhow::Result<Speed> {
+    fn new(variant: &Variant, median_ms: f64) -> anyhow::Result<Speed> {
         Ok(Speed {
-            manifest: manifest.to_path_buf(),
-            sparse_kernel: kernel,
-            model_bytes: model_bytes(manifest)?,
+            manifest: variant.manifest.clone(),
+            sparse_kernel: variant.kernel,
+            pruning: pruning::label(&variant.pruning),
+            model_bytes: model_bytes(&variant.manifest)?,
             median_ms,
             fps: 1e3 / median_ms.max(1e-9),
             fps_ratio: 1.0,
@@ -223,9 +273,10 @@ impl Speed {
     /// The cells under [`speed_header`].
     fn cells(&self) -> String {
         format!(
-            "{:<40} {:>7} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
+            "{:<40} {:>7} {:<24} {:>9.1} {:>7.2} {:>7.2} {:>10.2} {:>7.2}",
             self.manifest.display().to_string(),
             format!("{:?}", self.sparse_kernel).to_lowercase(),
+            self.pruning,
             self.median_ms,
             self.fps,
             self.fps_ratio,
@@ -247,6 +298,7 @@ pub struct VariantSummary {
     pub allocs_per_frame: Option<f64>,
     pub tract_allocs_per_frame: Option<f64>,
     pub maskd_allocs_per_frame: Option<f64>,
+    pub select_allocs_per_frame: Option<f64>,
     pub stages: Stages,
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -274,22 +326,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .manifests
             .first()
             .context("bench --child needs one --manifest")?;
-        let kernel = args
-            .sparse_kernels
-            .first()
-            .copied()
-            .unwrap_or(SparseKernel::Auto);
-        let result = run_variant(args, manifest, kernel)?;
+        let variant = Variant {
+            manifest: manifest.clone(),
+            kernel: args
+                .sparse_kernels
+                .first()
+                .copied()
+                .unwrap_or(SparseKernel::Auto),
+            pruning: args
+                .pruning
+                .variants(&PruningConfig::default())
+                .into_iter()
+                .next()
+                .unwrap_or_default(),
+        };
+        let result = run_variant(args, &variant)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    let kernels = kernels_per_variant(args)?;
+    let variants = variants(args)?;
     if let Some(dir) = &args.dump_inputs {
-        let manifest = args
-            .manifests
+        let variant = variants
             .first()
             .context("--dump-inputs needs a --manifest")?;
-        let header = dump::run(args, manifest, kernels[0], dir)?;
+        let header = dump::run(args, variant, dir)?;
         let files: Vec<&str> = header
             .inputs
             .iter()
@@ -304,7 +364,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.interleave {
-        let rows = interleave::run(args, &kernels)?;
+        let rows = interleave::run(args, &variants)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
@@ -313,21 +373,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding the maskd executable")?;
-    let mut rounds: Vec<Vec<RoundResult>> = vec![Vec::new(); args.manifests.len()];
+    let mut rounds: Vec<Vec<RoundResult>> = vec![Vec::new(); variants.len()];
     for round in 0..args.rounds.max(1) {
-        for i in turn_order(args.manifests.len(), round) {
-            let manifest = &args.manifests[i];
+        for i in turn_order(variants.len(), round) {
+            let v = &variants[i];
             eprintln!(
-                "bench: round {}/{} {} ({:?})",
+                "bench: round {}/{} {} ({:?}, pruning {})",
                 round + 1,
                 args.rounds.max(1),
-                manifest.display(),
-                kernels[i]
+                v.manifest.display(),
+                v.kernel,
+                pruning::label(&v.pruning)
             );
-            rounds[i].push(run_child(&exe, args, manifest, kernels[i])?);
+            rounds[i].push(run_child(&exe, args, v)?);
         }
     }
-    let summaries = summarise(args, &kernels, rounds)?;
+    let summaries = summarise(&variants, rounds)?;
     if args.json {
         let report = BenchReport {
             maskd_version: env!("CARGO_PKG_VERSION"),
@@ -362,19 +423,16 @@ fn kernels_per_variant(args: &BenchArgs) -> anyhow::Result<Vec<SparseKernel>> {
     }
 }
 
-fn run_child(
-    exe: &Path,
-    args: &BenchArgs,
-    manifest: &Path,
-    kernel: SparseKernel,
-) -> anyhow::Result<RoundResult> {
+fn run_child(exe: &Path, args: &BenchArgs, variant: &Variant) -> anyhow::Result<RoundResult> {
+    let manifest = &variant.manifest;
     let mut cmd = Command::new(exe);
     cmd.arg("bench")
         .arg("--child")
         .arg("--manifest")
         .arg(manifest)
         .arg("--sparse-kernel")
-        .arg(kernel.as_str())
+        .arg(variant.kernel.as_str())
+        .args(pruning::flags(&variant.pruning))
         .arg("--device")
         .arg(args.device.as_str())
         .arg("--threads")
@@ -416,12 +474,8 @@ fn run_child(
 }
 
 /// One variant in this process: load, encode prompts, warm up, time `frames` frames.
-fn run_variant(
-    args: &BenchArgs,
-    manifest: &Path,
-    kernel: SparseKernel,
-) -> anyhow::Result<RoundResult> {
-    let mut v = Loaded::new(args, manifest, kernel)?;
+fn run_variant(args: &BenchArgs, variant: &Variant) -> anyhow::Result<RoundResult> {
+    let mut v = Loaded::new(args, variant)?;
     let frames = args.frames.max(1);
     let mut samples = Vec::with_capacity(frames);
     let published_before = v.published();
@@ -436,6 +490,10 @@ fn run_variant(
         .zip(allocs_before)
         .map(|(after, before)| after.saturating_sub(before));
     let tract_allocs: Option<u64> = samples.iter().map(|s| s.model_allocs).sum();
+    let select_allocs: Option<u64> = match v.engine.pruning() {
+        Some(_) => samples.iter().map(|s| s.select_allocs).sum(),
+        None => None,
+    };
     let (rss_bytes, peak_rss_bytes) = rss();
     let profile = if args.profile {
         v.engine.enable_profile(args.per_node);
@@ -471,16 +529,16 @@ fn run_variant(
         peak_rss_bytes,
         load_s: v.load_s,
         profile,
+        select_allocs_per_frame: select_allocs.map(per_frame),
     })
 }
 
 fn summarise(
-    args: &BenchArgs,
-    kernels: &[SparseKernel],
+    variants: &[Variant],
     rounds: Vec<Vec<RoundResult>>,
 ) -> anyhow::Result<Vec<VariantSummary>> {
     let mut out: Vec<VariantSummary> = Vec::new();
-    for ((manifest, kernel), rounds) in args.manifests.iter().zip(kernels).zip(rounds) {
+    for (variant, rounds) in variants.iter().zip(rounds) {
         let median = |f: fn(&RoundResult) -> f64| {
             percentile(&mut rounds.iter().map(f).collect::<Vec<_>>(), 0.5)
         };
@@ -489,13 +547,14 @@ fn summarise(
             (!v.is_empty()).then(|| percentile(&mut v, 0.5))
         };
         out.push(VariantSummary {
-            speed: Speed::new(manifest, *kernel, median(|r| r.median_ms))?,
+            speed: Speed::new(variant, median(|r| r.median_ms))?,
             p50_ms: median(|r| r.median_ms),
             p90_ms: median(|r| r.p90_ms),
             p99_ms: median(|r| r.p99_ms),
             allocs_per_frame: median_some(|r| r.allocs_per_frame),
             tract_allocs_per_frame: median_some(|r| r.tract_allocs_per_frame),
             maskd_allocs_per_frame: median_some(|r| r.maskd_allocs_per_frame),
+            select_allocs_per_frame: median_some(|r| r.select_allocs_per_frame),
             stages: Stages::median(&rounds),
             rss_bytes: rounds.iter().map(|r| r.rss_bytes).max().unwrap_or(0),
             peak_rss_bytes: rounds.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
@@ -626,21 +685,34 @@ fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
         "\nper stage, ms per frame (mean; model = the segmenter plan, publish includes the RLE encoding)"
     );
     println!(
-        "{:<40} {:>10} {:>8} {:>11} {:>8} {:>8}",
-        "manifest", "preprocess", "model", "postprocess", "publish", "outside"
+        "{:<40} {:<24} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "manifest",
+        "pruning",
+        "preprocess",
+        "model",
+        "postprocess",
+        "publish",
+        "outside",
+        "encoder",
+        "select",
+        "select %"
     );
     for r in rows {
         let s = &r.stages;
         let outside = s.preprocess.mean_ms + s.postprocess.mean_ms + s.encode_and_publish.mean_ms;
         let whole = outside + s.model.mean_ms;
         println!(
-            "{:<40} {:>10.3} {:>8.2} {:>11.3} {:>8.3} {:>7.1}%",
+            "{:<40} {:<24} {:>10.3} {:>8.2} {:>11.3} {:>8.3} {:>7.1}% {:>8.2} {:>8.3} {:>8.2}%",
             r.speed.manifest.display().to_string(),
+            r.speed.pruning,
             s.preprocess.mean_ms,
             s.model.mean_ms,
             s.postprocess.mean_ms,
             s.encode_and_publish.mean_ms,
-            100.0 * outside / whole.max(1e-9)
+            100.0 * outside / whole.max(1e-9),
+            s.encoder.mean_ms,
+            s.select.mean_ms,
+            100.0 * s.select.mean_ms / whole.max(1e-9)
         );
     }
 }
@@ -648,8 +720,8 @@ fn print_table(args: &BenchArgs, rows: &[VariantSummary]) {
 /// The columns every bench table starts with (see [`Speed::cells`]).
 fn speed_header() -> String {
     format!(
-        "{:<40} {:>7} {:>9} {:>7} {:>7} {:>10} {:>7}",
-        "manifest", "kernel", "ms/frame", "fps", "x fps", "model MB", "x size"
+        "{:<40} {:>7} {:<24} {:>9} {:>7} {:>7} {:>10} {:>7}",
+        "manifest", "kernel", "pruning", "ms/frame", "fps", "x fps", "model MB", "x size"
     )
 }
 
@@ -744,6 +816,7 @@ mod tests {
             interleave: false,
             dump_inputs: None,
             child: false,
+            pruning: PruningArgs::default(),
         };
         assert_eq!(
             kernels_per_variant(&args).ok(),
