@@ -3,9 +3,11 @@
 //!
 //! Live: `[log]`, `[prompts]` (pinned prompts keep their ids, thresholds, the prompt
 //! limit), `[masks]` (size from the next frame; the encoding for clients that
-//! subscribe from now on), `[source]` (the pipeline is rebuilt) and `[engine]` (the new
-//! model is loaded and planned on a thread beside the running one, then swapped in
-//! between two frames; a load that fails leaves the old model serving). `[publish]`
+//! subscribe from now on), `[source]` (the pipeline is rebuilt) and `[engine]` with
+//! `[pruning]` (the new model, or the same one with the new schedule, is loaded and
+//! planned on a thread beside the running one, then swapped in between two frames; a
+//! load that fails, e.g. a schedule the model cannot take, leaves the old model and
+//! schedule serving). `[publish]`
 //! needs a restart: the socket and its clients are the one thing a reload must not
 //! touch, so each changed key is named in the log instead.
 //!

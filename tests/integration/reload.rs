@@ -132,3 +132,64 @@ fn sighup_applies_prompts_masks_source_and_model_and_keeps_clients() {
     daemon.wait_for_log("reload rejected, keeping the running config", LOAD_LIMIT);
     frame_where(&mut client, "a later frame", |f| f.header.seq > seq);
 }
+
+/// `[pruning]` by SIGHUP: a schedule is applied without restarting (the stage graphs of
+/// the same manifest are loaded beside the running model and swapped in); one the model
+/// cannot take, and one no model could, leave the running schedule serving.
+#[test]
+fn sighup_applies_a_pruning_schedule_and_keeps_it_on_a_bad_one() {
+    let dir = Dir::new();
+    let manifest = repo().join("tests/data/fixture/fixture.toml");
+    let (cfg, socket) = config(
+        &dir,
+        "videotestsrc is-live=true pattern=ball",
+        &manifest,
+        &["ball"],
+        4,
+    );
+    let daemon = Daemon::start(&dir, &cfg, &socket);
+    let mut client = Client::connect(&socket).expect("connecting");
+    client
+        .subscribe(&["ball"], MaskEncoding::Rle)
+        .expect("subscribing");
+    frame_where(&mut client, "a first frame", |f| f.masks.len() == 1);
+
+    let mut text = fs::read_to_string(&cfg).expect("reading the config");
+    text += "\n[pruning]\nschedule = [{ after_block = 0, keep = 0.5 }]\nscorer = \"attention\"\n";
+    fs::write(&cfg, &text).expect("writing the config");
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("the new model", LOAD_LIMIT);
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("pruning 0:0.5: the stage graphs run, tokens per block [16, 8]"),
+        "the schedule is not running:\n{log}"
+    );
+    assert!(log.contains("pruning.schedule"), "{log}");
+    let seq = frame_where(&mut client, "a pruned frame", |f| f.masks.len() == 1)
+        .header
+        .seq;
+
+    // Beyond the fixture's depth (2 blocks): the load fails, the schedule stays.
+    edit_and_reload(&daemon, &cfg, &[("after_block = 0", "after_block = 1")]);
+    daemon.wait_for_log("the running model (", LOAD_LIMIT);
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("pruning.schedule[0].after_block: 1 is beyond the model's depth"),
+        "the failed schedule is not named:\n{log}"
+    );
+    let seq = frame_where(&mut client, "a frame after the failed load", |f| {
+        f.header.seq > seq
+    })
+    .header
+    .seq;
+
+    // Malformed on any model: the file is rejected as a whole.
+    edit_and_reload(&daemon, &cfg, &[("keep = 0.5", "keep = 0.0")]);
+    daemon.wait_for_log("reload rejected, keeping the running config", LOAD_LIMIT);
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("pruning.schedule[0].keep: 0 must be in (0, 1]"),
+        "{log}"
+    );
+    frame_where(&mut client, "a later frame", |f| f.header.seq > seq);
+}
