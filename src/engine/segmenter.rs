@@ -25,8 +25,10 @@ use crate::engine::profile::OpProfile;
 use crate::engine::pruning::{self, Pruner};
 use crate::engine::stages::StageRunner;
 
-/// What runs the model.
+/// What runs the model. One per engine, built once and never moved per frame, so the
+/// variants' different sizes cost nothing; the stage runner is boxed all the same.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Graph {
     /// `[segmenter] model`, one plan.
     Full { plan: Plan, state: TypedSimpleState },
