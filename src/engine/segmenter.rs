@@ -134,7 +134,7 @@ impl Segmenter {
             TValue::from_const(self.text.clone())
         );
         let run = match &mut self.profile {
-            None => self.state.run(inputs),
+            None => self.plan.run(&mut self.state, inputs),
             Some(profile) => profile.run(&mut self.state, inputs),
         };
         self.outputs = run.with_context(|| format!("{}: running", self.plan.shown.display()))?;
