@@ -186,7 +186,7 @@ impl Segmenter {
             Graph::Full { plan, state } => {
                 let inputs = tvec!(image, text);
                 let run = match &mut self.profile {
-                    None => state.run(inputs),
+                    None => plan.run(state, inputs),
                     Some(profile) => profile.run(state, inputs),
                 };
                 self.outputs = run.with_context(|| format!("{}: running", plan.shown.display()))?;

@@ -67,8 +67,8 @@ impl Stage {
     }
 
     fn run(&mut self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>> {
-        self.state
-            .run(inputs)
+        self.plan
+            .run(&mut self.state, inputs)
             .with_context(|| format!("{}: running", self.plan.shown.display()))
     }
 }

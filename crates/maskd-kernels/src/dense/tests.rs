@@ -62,6 +62,8 @@ fn the_models_shapes_match_the_reference_on_every_kernel() {
             (256, 384),
             (192, 64),
             (128, 1),
+            // One panel alone is past the L2 block: blocks of one panel each.
+            (1100, 70),
         ] {
             for t in [196, 49, 3, 1] {
                 check(kind, t, k, n, t % 2 == 1);
