@@ -1,4 +1,4 @@
-//! BERT uncased WordPiece tokenizer, reproducing the reference tokenizer
+//! `[text] vocab`: the BERT uncased WordPiece tokenizer, reproducing the reference tokenizer
 //! (`tokenizer.json` of all-MiniLM-L6-v2 run by the `tokenizers` library) token for token.
 //!
 //! Steps, in the reference's order:
@@ -16,10 +16,16 @@
 //! one the reference tokenizer uses, so both agree on what is punctuation or a control
 //! character; NFD comes from `unicode-normalization`.
 //!
+//! Kept beside `tokenizers` (`json.rs`) because a bare `vocab.txt` has no tokenizer.json
+//! to describe these rules, and this code has matched the bundled MiniLM's reference
+//! token for token since before maskd read tokenizer.json files.
+//!
 //! Leaves out: padding (prompts are encoded one at a time) and pairs of sequences.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use super::tokenizer::{TokenizerError, Tokens};
 
 use unicode_categories::UnicodeCategories;
 use unicode_normalization::char::decompose_canonical;
@@ -29,27 +35,8 @@ const MAX_CHARS_PER_WORD: usize = 100;
 /// The reference's added tokens: matched literally in the raw text, before normalisation.
 const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("{}: {cause}", path.display())]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("{}: the vocabulary has no {token} token", path.display())]
-    MissingToken { path: PathBuf, token: &'static str },
-}
-
-/// Token ids of one text, `[CLS]` and `[SEP]` included.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tokens {
-    pub ids: Vec<u32>,
-    /// Word pieces cut off by truncation (0 when the text fits).
-    pub dropped: usize,
-}
-
 #[derive(Debug, Clone)]
-pub struct Tokenizer {
+pub struct WordPiece {
     vocab: HashMap<String, u32>,
     lowercase: bool,
     max_tokens: usize,
@@ -60,18 +47,18 @@ pub struct Tokenizer {
     specials: Vec<(&'static str, u32)>,
 }
 
-impl Tokenizer {
+impl WordPiece {
     /// Reads a `vocab.txt` (one token per line, id = line index).
     pub fn from_vocab_file(
         path: &Path,
         lowercase: bool,
         max_tokens: usize,
-    ) -> Result<Tokenizer, TokenizerError> {
+    ) -> Result<WordPiece, TokenizerError> {
         let text = std::fs::read_to_string(path).map_err(|cause| TokenizerError::Read {
             path: path.to_owned(),
             cause,
         })?;
-        Tokenizer::from_tokens(text.lines(), lowercase, max_tokens).map_err(|token| {
+        WordPiece::from_tokens(text.lines(), lowercase, max_tokens).map_err(|token| {
             TokenizerError::MissingToken {
                 path: path.to_owned(),
                 token,
@@ -85,7 +72,7 @@ impl Tokenizer {
         tokens: impl IntoIterator<Item = &'a str>,
         lowercase: bool,
         max_tokens: usize,
-    ) -> Result<Tokenizer, &'static str> {
+    ) -> Result<WordPiece, &'static str> {
         let mut vocab = HashMap::new();
         for (id, token) in tokens.into_iter().enumerate() {
             // Like the reference, trailing whitespace (a CR) is not part of the token and a
@@ -99,7 +86,7 @@ impl Tokenizer {
             .filter_map(|t| vocab.get(*t).map(|id| (*t, *id)))
             .collect();
         specials.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
-        Ok(Tokenizer {
+        Ok(WordPiece {
             vocab,
             lowercase,
             max_tokens: max_tokens.max(2),
@@ -116,6 +103,11 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()
+    }
+
+    /// `[CLS]`, `[SEP]`: the tokens wrapped around every text.
+    pub fn start_end(&self) -> (u32, u32) {
+        (self.cls, self.sep)
     }
 
     /// Tokenizes `text` as the reference does, truncating to `max_tokens`.
@@ -138,7 +130,7 @@ impl Tokenizer {
         ids.push(self.cls);
         ids.extend_from_slice(&pieces);
         ids.push(self.sep);
-        Tokens { ids, dropped }
+        Tokens::unpadded(ids, dropped)
     }
 
     /// Splits at the first special token: (text before, its id, text after).
@@ -282,15 +274,15 @@ fn is_chinese_char(c: char) -> bool {
 mod tests {
     use super::*;
 
-    fn tiny(max_tokens: usize) -> Tokenizer {
+    fn tiny(max_tokens: usize) -> WordPiece {
         let vocab = [
             "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "circle", "circ", "##le", "##s",
             "un", "##aff", "##able", "!", ",", "cafe", "東", "京", "a",
         ];
-        Tokenizer::from_tokens(vocab, true, max_tokens).unwrap()
+        WordPiece::from_tokens(vocab, true, max_tokens).unwrap()
     }
 
-    fn ids(t: &Tokenizer, s: &str) -> Vec<u32> {
+    fn ids(t: &WordPiece, s: &str) -> Vec<u32> {
         t.encode(s).ids
     }
 
@@ -327,13 +319,14 @@ mod tests {
         let t = tiny(4);
         let tok = t.encode("red red red");
         assert_eq!(tok.ids, [2, 5, 5, 3]);
+        assert_eq!(tok.attention_mask, [1, 1, 1, 1]);
         assert_eq!(tok.dropped, 1);
     }
 
     #[test]
     fn missing_required_token() {
         assert_eq!(
-            Tokenizer::from_tokens(["[CLS]", "[SEP]"], true, 8).unwrap_err(),
+            WordPiece::from_tokens(["[CLS]", "[SEP]"], true, 8).unwrap_err(),
             "[UNK]"
         );
     }
@@ -341,7 +334,7 @@ mod tests {
     #[test]
     fn cased_keeps_case_and_accents() {
         let t =
-            Tokenizer::from_tokens(["[UNK]", "[CLS]", "[SEP]", "Café", "red"], false, 8).unwrap();
+            WordPiece::from_tokens(["[UNK]", "[CLS]", "[SEP]", "Café", "red"], false, 8).unwrap();
         assert_eq!(ids(&t, "Café RED"), [1, 3, 0, 2]);
     }
 }
