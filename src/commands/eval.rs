@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self as cfg, Device, EngineConfig, PromptsConfig, SparseKernel};
 use crate::contracts::{FrameView, MaskSet, PromptDirectory, PromptId};
-use crate::engine::prompts::Embedding;
 use crate::engine::{Engine, Manifest};
 
 /// An absent prompt's mask may cover at most this fraction of the image.
@@ -201,15 +200,10 @@ impl Evaluator {
                 .map_err(|e| anyhow::anyhow!("prompt {p:?}: {e}"))?;
             self.ids.push(id);
         }
-        if !self.engine.prompts().wait_for(&self.ids, ENCODE_TIMEOUT) {
-            for (p, id) in prompts.iter().zip(&self.ids) {
-                match self.engine.prompts().embedding(*id) {
-                    Some(Embedding::Ready(_)) => {}
-                    Some(Embedding::Failed(e)) => anyhow::bail!("encoding {p:?}: {e}"),
-                    _ => anyhow::bail!("encoding {p:?}: not done within {ENCODE_TIMEOUT:?}"),
-                }
-            }
-        }
+        self.engine
+            .prompts()
+            .wait_for(&self.ids, ENCODE_TIMEOUT)
+            .context("encoding the prompts")?;
         let (w, h) = self.engine.input_size();
         let scaled;
         let model_image = if image.dimensions() == (w, h) {
