@@ -543,7 +543,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let config = cfg::load(&path).unwrap();
         let mut daemon = Engine::load(&config.engine, &config.prompts).unwrap();
-        assert!(daemon.wait_for_prompts(Duration::from_secs(30)));
+        daemon.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let (w, h) = daemon.input_size();
         let img = image::RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(x * 7) as u8, (y * 3) as u8, ((x * y) % 251) as u8])

@@ -392,7 +392,7 @@ mod tests {
         let (e, p) = configs(&["red circle", "blue square"]);
         let mut engine = Engine::load(&e, &p).unwrap();
         assert_eq!(engine.input_size(), (64, 64));
-        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let rgb = fixture_rgb(64, 64);
         let masks = MaskConfig {
             width: 32,
@@ -457,7 +457,7 @@ mod tests {
 
         let (e, p) = configs(&["red"]);
         let mut engine = Engine::load(&e, &p).unwrap();
-        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let err = engine
             .infer(&frame(&rgb[..3 * 32 * 32], 32, 32), &masks, &mut out)
             .unwrap_err();
@@ -477,7 +477,7 @@ mod tests {
         }
         let (e, p) = configs(&["red circle"]);
         let mut engine = Engine::load(&e, &p).unwrap();
-        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let rgb = fixture_rgb(64, 64);
         let masks = MaskConfig {
             width: 32,
@@ -581,7 +581,7 @@ mod tests {
             good.mask_threshold = Some(threshold);
             engine.set_prompts(&good).unwrap();
             assert_eq!(engine.prompts().text(0), None);
-            assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+            engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
             engine
                 .infer(&frame(&rgb, 64, 64), &masks, &mut out)
                 .unwrap();
