@@ -48,12 +48,14 @@ impl JsonTokenizer {
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| json_err(e.to_string()))?;
         let truncates_at = inner.get_truncation().map(|t| t.max_length);
         let max_tokens = match (max_tokens, truncates_at) {
-            (Some(asked), Some(file)) if asked > file => return Err(TokenizerError::Unusable {
-                path: path.to_owned(),
-                reason: format!(
+            (Some(asked), Some(file)) if asked > file => {
+                return Err(TokenizerError::Unusable {
+                    path: path.to_owned(),
+                    reason: format!(
                     "truncates to {file} tokens, text.max_tokens asks for {asked} (at most {file})"
                 ),
-            }),
+                })
+            }
             (Some(asked), _) => asked,
             (None, Some(file)) => file,
             (None, None) => DEFAULT_MAX_TOKENS,
