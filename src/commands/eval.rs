@@ -35,7 +35,6 @@ use crate::config::{
     self as cfg, Device, EngineConfig, PromptsConfig, PruningConfig, SparseKernel,
 };
 use crate::contracts::{FrameView, MaskSet, PromptDirectory, PromptId};
-use crate::engine::prompts::Embedding;
 use crate::engine::{Engine, Manifest};
 
 /// An absent prompt's mask may cover at most this fraction of the image.
@@ -217,15 +216,10 @@ impl Evaluator {
                 .map_err(|e| anyhow::anyhow!("prompt {p:?}: {e}"))?;
             self.ids.push(id);
         }
-        if !self.engine.prompts().wait_for(&self.ids, ENCODE_TIMEOUT) {
-            for (p, id) in prompts.iter().zip(&self.ids) {
-                match self.engine.prompts().embedding(*id) {
-                    Some(Embedding::Ready(_)) => {}
-                    Some(Embedding::Failed(e)) => anyhow::bail!("encoding {p:?}: {e}"),
-                    _ => anyhow::bail!("encoding {p:?}: not done within {ENCODE_TIMEOUT:?}"),
-                }
-            }
-        }
+        self.engine
+            .prompts()
+            .wait_for(&self.ids, ENCODE_TIMEOUT)
+            .context("encoding the prompts")?;
         let (w, h) = self.engine.input_size();
         let scaled;
         let model_image = if image.dimensions() == (w, h) {
@@ -654,7 +648,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let config = cfg::load(&path).unwrap();
         let mut daemon = Engine::load(&config.engine, &config.prompts).unwrap();
-        assert!(daemon.wait_for_prompts(Duration::from_secs(30)));
+        daemon.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let (w, h) = daemon.input_size();
         let img = image::RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(x * 7) as u8, (y * 3) as u8, ((x * y) % 251) as u8])

@@ -18,7 +18,7 @@ use log::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::contracts::MaskSet;
-use crate::engine::Engine;
+use crate::engine::{Engine, WaitError};
 use crate::lifecycle::logging;
 use crate::lifecycle::notify::Notifier;
 use crate::lifecycle::signals::Signals;
@@ -67,8 +67,19 @@ pub fn run(mut cfg: Config, listener: Option<OwnedFd>, signals: &Signals) -> any
     let (width, height) = engine.input_size();
     let mut source = Source::new(&cfg.source, width, height)
         .with_context(|| format!("{}: source.pipeline", cfg.path.display()))?;
-    if !engine.wait_for_prompts(PROMPT_STARTUP_WAIT) {
-        warn!("config prompts not encoded after {PROMPT_STARTUP_WAIT:?}; they start once ready");
+    match engine.wait_for_prompts(PROMPT_STARTUP_WAIT) {
+        Ok(()) => {}
+        Err(WaitError::TimedOut { .. }) => {
+            warn!("config prompts not encoded after {PROMPT_STARTUP_WAIT:?}; they start once ready")
+        }
+        // The model cannot encode the config's prompts: a start-up failure, with the
+        // encoder's own error (the graph node), not a daemon that never produces masks.
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "{}: prompts.text: the model cannot encode them",
+                cfg.path.display()
+            )))
+        }
     }
     if let Err(err) = source.start() {
         // A camera missing at boot is retried with backoff like one lost later.

@@ -55,21 +55,76 @@ pub struct Manifest {
     pub stages: Option<StagesSpec>,
 }
 
-/// `[text]`: the prompt encoder (BERT-style WordPiece + transformer, mean pooled).
+/// `[text]`: the prompt encoder (a tokenizer, a transformer graph, pooling).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextSpec {
     pub model: PathBuf,
-    pub vocab: PathBuf,
+    pub tokenizer: TokenizerFile,
+    /// Only for [`TokenizerFile::Vocab`]: a tokenizer.json's normaliser decides itself.
     pub lowercase: bool,
-    /// Longest token sequence, `[CLS]` and `[SEP]` included.
-    pub max_tokens: usize,
+    /// Longest token sequence, special tokens included; `None`: the tokenizer file's
+    /// truncation length, else [`DEFAULT_MAX_TOKENS`].
+    pub max_tokens: Option<usize>,
     pub input_ids: String,
     pub attention_mask: String,
     /// Absent when the graph has no such input.
     pub token_type_ids: Option<String>,
     pub output: String,
+    pub pooling: Pooling,
+    /// L2-normalise the pooled embedding.
+    pub normalize: bool,
     /// Embedding width (the last dim of `output`, the last dim of the segmenter's text input).
     pub dim: usize,
+}
+
+/// Where the tokenizer comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerFile {
+    /// `vocab`: a BERT WordPiece `vocab.txt`, run by maskd's own WordPiece.
+    Vocab(PathBuf),
+    /// `tokenizer`: a `tokenizer.json` (WordPiece, BPE, Unigram), run by `tokenizers`.
+    Json(PathBuf),
+}
+
+impl TokenizerFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            TokenizerFile::Vocab(p) | TokenizerFile::Json(p) => p,
+        }
+    }
+
+    /// The manifest key naming the file.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TokenizerFile::Vocab(_) => "text.vocab",
+            TokenizerFile::Json(_) => "text.tokenizer",
+        }
+    }
+}
+
+/// `text.pooling`: how the graph's output becomes one embedding per prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over the attended tokens (sentence-transformers).
+    Mean,
+    /// The first attended token (BERT's `[CLS]`).
+    Cls,
+    /// The first end-of-text token (CLIP's pooled output).
+    Eos,
+    /// The output is already one embedding, `[1, dim]` (e.g. CLIP's `text_embeds`).
+    None,
+}
+
+impl Pooling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Eos => "eos",
+            Pooling::None => "none",
+        }
+    }
 }
 
 /// `[image]`: what the segmenter's image input expects.
@@ -124,11 +179,10 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawText {
     model: PathBuf,
-    vocab: PathBuf,
-    #[serde(default = "default_true")]
-    lowercase: bool,
-    #[serde(default = "default_max_tokens")]
-    max_tokens: usize,
+    vocab: Option<PathBuf>,
+    tokenizer: Option<PathBuf>,
+    lowercase: Option<bool>,
+    max_tokens: Option<usize>,
     #[serde(default = "default_input_ids")]
     input_ids: String,
     #[serde(default = "default_attention_mask")]
@@ -136,6 +190,10 @@ struct RawText {
     token_type_ids: Option<String>,
     #[serde(default = "default_text_output")]
     output: String,
+    #[serde(default = "default_pooling")]
+    pooling: Pooling,
+    #[serde(default = "default_true")]
+    normalize: bool,
     dim: usize,
 }
 
@@ -186,8 +244,8 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 fn default_true() -> bool {
     true
 }
-fn default_max_tokens() -> usize {
-    DEFAULT_MAX_TOKENS
+fn default_pooling() -> Pooling {
+    Pooling::Mean
 }
 fn default_input_ids() -> String {
     "input_ids".into()
@@ -249,15 +307,49 @@ impl Manifest {
         if t.dim == 0 {
             return Err(invalid("text.dim", "must be > 0".into()));
         }
-        if !(3..=MAX_MAX_TOKENS).contains(&t.max_tokens) {
+        if let Some(n) = t.max_tokens.filter(|n| !(3..=MAX_MAX_TOKENS).contains(n)) {
             return Err(invalid(
                 "text.max_tokens",
-                format!(
-                    "{} is outside 3..={MAX_MAX_TOKENS} ([CLS], one token, [SEP])",
-                    t.max_tokens
-                ),
+                format!("{n} is outside 3..={MAX_MAX_TOKENS} ([CLS], one token, [SEP])"),
             ));
         }
+        let tokenizer =
+            match (t.vocab, t.tokenizer) {
+                (Some(_), Some(_)) => return Err(invalid(
+                    "text.tokenizer",
+                    "give either `vocab` (a vocab.txt) or `tokenizer` (a tokenizer.json), not both"
+                        .into(),
+                )),
+                (None, None) => {
+                    return Err(invalid(
+                        "text",
+                        "no tokenizer: give `vocab = \"vocab.txt\"` (BERT WordPiece) or \
+                     `tokenizer = \"tokenizer.json\"`"
+                            .into(),
+                    ))
+                }
+                (Some(v), None) if v.extension().is_some_and(|e| e == "json") => {
+                    return Err(invalid(
+                        "text.vocab",
+                        format!(
+                            "{} looks like a tokenizer.json; `vocab` takes a WordPiece vocab.txt, \
+                         name it with `tokenizer = ...` instead",
+                            v.display()
+                        ),
+                    ))
+                }
+                (Some(v), None) => TokenizerFile::Vocab(dir.join(v)),
+                (None, Some(j)) => {
+                    if t.lowercase.is_some() {
+                        return Err(invalid(
+                            "text.lowercase",
+                            "applies to `vocab` only; a tokenizer.json's normalizer decides casing"
+                                .into(),
+                        ));
+                    }
+                    TokenizerFile::Json(dir.join(j))
+                }
+            };
         for (key, v) in [
             ("text.input_ids", &t.input_ids),
             ("text.attention_mask", &t.attention_mask),
@@ -275,13 +367,15 @@ impl Manifest {
         }
         let text = TextSpec {
             model: dir.join(&t.model),
-            vocab: dir.join(&t.vocab),
-            lowercase: t.lowercase,
+            tokenizer,
+            lowercase: t.lowercase.unwrap_or(true),
             max_tokens: t.max_tokens,
             input_ids: t.input_ids,
             attention_mask: t.attention_mask,
             token_type_ids: t.token_type_ids,
             output: t.output,
+            pooling: t.pooling,
+            normalize: t.normalize,
             dim: t.dim,
         };
 
@@ -384,7 +478,10 @@ impl Manifest {
     pub fn files(&self) -> Vec<(String, &Path)> {
         let mut files = vec![
             ("text.model".to_owned(), self.text.model.as_path()),
-            ("text.vocab".to_owned(), self.text.vocab.as_path()),
+            (
+                self.text.tokenizer.key().to_owned(),
+                self.text.tokenizer.path(),
+            ),
             ("segmenter.model".to_owned(), self.segmenter.model.as_path()),
         ];
         if let Some(st) = &self.stages {
@@ -475,7 +572,13 @@ mask_size = [56, 48]
     fn defaults_and_resolution() {
         let m = parse(GOOD).unwrap();
         assert_eq!(m.text.model, Path::new("models/text/t.onnx"));
-        assert_eq!(m.text.max_tokens, 128);
+        assert_eq!(m.text.max_tokens, None);
+        assert_eq!(
+            m.text.tokenizer,
+            TokenizerFile::Vocab("models/text/vocab.txt".into())
+        );
+        assert_eq!(m.text.pooling, Pooling::Mean);
+        assert!(m.text.normalize);
         assert_eq!(m.text.input_ids, "input_ids");
         assert_eq!(m.text.token_type_ids, None);
         assert!(m.text.lowercase);
@@ -531,6 +634,64 @@ mask_size = [56, 48]
                 err.to_string()
                     .starts_with(&format!("models/default.toml: {key}: ")),
                 "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokenizer_json_pooling_and_normalize() {
+        let clip = GOOD.replace(
+            "vocab = \"text/vocab.txt\"",
+            "tokenizer = \"text/tokenizer.json\"\npooling = \"eos\"\nnormalize = false",
+        );
+        let m = parse(&clip).unwrap();
+        assert_eq!(
+            m.text.tokenizer,
+            TokenizerFile::Json("models/text/tokenizer.json".into())
+        );
+        assert_eq!(m.text.pooling, Pooling::Eos);
+        assert!(!m.text.normalize);
+        assert_eq!(m.files()[1].0, "text.tokenizer");
+        for p in ["mean", "cls", "none"] {
+            let m = parse(&clip.replace("\"eos\"", &format!("\"{p}\""))).unwrap();
+            assert_eq!(m.text.pooling.as_str(), p);
+        }
+        let err = parse(&clip.replace("\"eos\"", "\"max\"")).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::Parse { .. }) && err.to_string().contains("max"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tokenizer_keys_are_exclusive_and_checked() {
+        let cases = [
+            (
+                "vocab = \"text/vocab.txt\"",
+                "vocab = \"text/vocab.txt\"\ntokenizer = \"t.json\"",
+                "text.tokenizer",
+                "not both",
+            ),
+            ("vocab = \"text/vocab.txt\"", "", "text", "no tokenizer"),
+            (
+                "vocab = \"text/vocab.txt\"",
+                "vocab = \"text/tokenizer.json\"",
+                "text.vocab",
+                "tokenizer = ",
+            ),
+            (
+                "vocab = \"text/vocab.txt\"",
+                "tokenizer = \"t.json\"\nlowercase = true",
+                "text.lowercase",
+                "normalizer",
+            ),
+        ];
+        for (from, to, key, why) in cases {
+            let err = parse(&GOOD.replace(from, to)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("models/default.toml: {key}: ")) && msg.contains(why),
+                "{to}: {msg}"
             );
         }
     }

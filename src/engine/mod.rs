@@ -35,7 +35,7 @@ use crate::contracts::{FrameView, MaskSet, PromptId};
 
 pub use manifest::Manifest;
 pub use postprocess::Thresholds;
-pub use prompts::PromptRegistry;
+pub use prompts::{PromptRegistry, WaitError};
 
 use plan::PlanOptions;
 use postprocess::Postprocessor;
@@ -97,21 +97,27 @@ impl Model {
         let threads = cfg.threads;
         let thresholds = thresholds(&manifest, prompts)?;
 
-        let tokenizer = Tokenizer::from_vocab_file(
-            &manifest.text.vocab,
-            manifest.text.lowercase,
-            manifest.text.max_tokens,
-        )
-        .with_context(|| format!("{}: text.vocab", manifest.path.display()))?;
-        let mut encoder = TextEncoder::load(&manifest)?;
+        let tokenizer = Tokenizer::load(&manifest.text).with_context(|| {
+            format!(
+                "{}: {}",
+                manifest.path.display(),
+                manifest.text.tokenizer.key()
+            )
+        })?;
+        let mut encoder = TextEncoder::load(&manifest, &tokenizer)?;
+        encoder
+            .self_test(&tokenizer)
+            .with_context(|| format!("{}: text.model", manifest.path.display()))?;
         let seg = Segmenter::load_pruned(&manifest, &options, &cfg.pruning)?;
         let mut encoded = Vec::with_capacity(live.len());
         for (id, text) in live {
-            let tokens = tokenizer.encode(text);
-            // Too long for this tokenizer: the swap marks it failed with the reason.
-            if tokens.dropped == 0 {
-                let result = encoder.encode(&tokens.ids).map_err(|e| format!("{e:#}"));
-                encoded.push(text::Response { id: *id, result });
+            // Too long for this tokenizer (or not tokenizable): the swap marks it failed
+            // with the reason.
+            if let Ok(tokens) = tokenizer.encode(text) {
+                if tokens.dropped == 0 {
+                    let result = encoder.encode(&tokens).map_err(|e| format!("{e:#}"));
+                    encoded.push(text::Response { id: *id, result });
+                }
             }
         }
         let worker = EncoderWorker::spawn(encoder).context("starting the text encoder thread")?;
@@ -256,9 +262,9 @@ impl Engine {
         &mut self.prompts
     }
 
-    /// Waits until the config's prompts are encoded (start-up), at most `timeout`.
-    /// False if one failed or the time ran out.
-    pub fn wait_for_prompts(&mut self, timeout: Duration) -> bool {
+    /// Waits until the config's prompts are encoded (start-up), at most `timeout`; a
+    /// failure carries the text encoder's own error.
+    pub fn wait_for_prompts(&mut self, timeout: Duration) -> Result<(), WaitError> {
         self.prompts.wait_for_pinned(timeout)
     }
 
@@ -416,7 +422,7 @@ mod tests {
         let (e, p) = configs(&["red circle", "blue square"]);
         let mut engine = Engine::load(&e, &p).unwrap();
         assert_eq!(engine.input_size(), (64, 64));
-        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let rgb = fixture_rgb(64, 64);
         let masks = MaskConfig {
             width: 32,
@@ -481,7 +487,7 @@ mod tests {
 
         let (e, p) = configs(&["red"]);
         let mut engine = Engine::load(&e, &p).unwrap();
-        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let err = engine
             .infer(&frame(&rgb[..3 * 32 * 32], 32, 32), &masks, &mut out)
             .unwrap_err();
@@ -501,7 +507,7 @@ mod tests {
         }
         let (e, p) = configs(&["red circle"]);
         let mut engine = Engine::load(&e, &p).unwrap();
-        assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+        engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
         let rgb = fixture_rgb(64, 64);
         let masks = MaskConfig {
             width: 32,
@@ -536,9 +542,10 @@ mod tests {
         let (e, p) = configs(&["red circle"]);
         let mut engine = Engine::load(&e, &p).unwrap();
         let client = engine.prompts().intern("blue square").unwrap();
-        assert!(engine
+        engine
             .prompts()
-            .wait_for(&[0, client], Duration::from_secs(30)));
+            .wait_for(&[0, client], Duration::from_secs(30))
+            .unwrap();
         let rgb = fixture_rgb(64, 64);
         let masks = MaskConfig {
             width: 32,
@@ -604,7 +611,7 @@ mod tests {
             good.mask_threshold = Some(threshold);
             engine.set_prompts(&good).unwrap();
             assert_eq!(engine.prompts().text(0), None);
-            assert!(engine.wait_for_prompts(Duration::from_secs(30)));
+            engine.wait_for_prompts(Duration::from_secs(30)).unwrap();
             engine
                 .infer(&frame(&rgb, 64, 64), &masks, &mut out)
                 .unwrap();

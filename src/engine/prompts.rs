@@ -16,10 +16,26 @@ use std::time::{Duration, Instant};
 
 use crate::contracts::PromptDirectory;
 use crate::contracts::PromptId;
-use crate::engine::text::{EncoderWorker, Request, Response, Tokenizer};
+use crate::engine::text::{EncoderWorker, Request, Response, Tokenizer, Tokens};
 
 /// Longer prompt texts are refused before tokenizing (bounds the work a client can ask for).
 pub const MAX_PROMPT_BYTES: usize = 1024;
+
+/// Why waiting for prompts' embeddings did not end with all of them ready.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WaitError {
+    /// The encoder's own error: the graph, the node that failed and why.
+    #[error("prompt {id} {text:?}: text encoder: {reason}")]
+    Failed {
+        id: PromptId,
+        text: String,
+        reason: String,
+    },
+    #[error("{pending} prompt(s) not encoded within {timeout:?}")]
+    TimedOut { pending: usize, timeout: Duration },
+    #[error("prompt {id} is not live")]
+    NotLive { id: PromptId },
+}
 
 /// Where a prompt's embedding stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +50,7 @@ pub enum Embedding {
 #[derive(Debug)]
 struct Entry {
     text: String,
-    tokens: Vec<u32>,
+    tokens: Tokens,
     /// References taken by `intern` and not yet released.
     refs: u32,
     /// From the config: never forgotten.
@@ -101,25 +117,26 @@ impl PromptRegistry {
     }
 
     /// Blocks until every pinned prompt has its embedding (or failed), at most `timeout`.
-    /// Returns true if all pinned prompts are ready.
-    pub fn wait_for_pinned(&mut self, timeout: Duration) -> bool {
+    pub fn wait_for_pinned(&mut self, timeout: Duration) -> Result<(), WaitError> {
         self.wait_until_encoded(timeout, |_, e| e.pinned)
     }
 
     /// Blocks until each of `ids` has its embedding (or failed), at most `timeout`.
-    /// Returns true if all of them are ready; an id that is not live is not ready.
-    pub fn wait_for(&mut self, ids: &[PromptId], timeout: Duration) -> bool {
+    pub fn wait_for(&mut self, ids: &[PromptId], timeout: Duration) -> Result<(), WaitError> {
+        if let Some(&id) = ids.iter().find(|id| !self.entries.contains_key(id)) {
+            return Err(WaitError::NotLive { id });
+        }
         self.wait_until_encoded(timeout, |id, _| ids.contains(&id))
-            && ids.iter().all(|id| self.entries.contains_key(id))
     }
 
-    /// Blocks until no entry that `wanted` selects is pending, at most `timeout`; true if
-    /// every selected entry is ready.
+    /// Blocks until no entry that `wanted` selects is pending, at most `timeout`; then
+    /// the first selected failure (with the encoder's own error), or how many are still
+    /// pending.
     fn wait_until_encoded(
         &mut self,
         timeout: Duration,
         wanted: impl Fn(PromptId, &Entry) -> bool,
-    ) -> bool {
+    ) -> Result<(), WaitError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.poll();
@@ -143,10 +160,27 @@ impl PromptRegistry {
                 }
             }
         }
-        self.entries
-            .iter()
-            .filter(|(&id, e)| wanted(id, e))
-            .all(|(_, e)| matches!(e.embedding, Embedding::Ready(_)))
+        let selected = || self.entries.iter().filter(|(&id, e)| wanted(id, e));
+        if let Some((&id, e)) =
+            selected().find(|(_, e)| matches!(e.embedding, Embedding::Failed(_)))
+        {
+            let reason = match &e.embedding {
+                Embedding::Failed(r) => r.clone(),
+                _ => String::new(),
+            };
+            return Err(WaitError::Failed {
+                id,
+                text: e.text.clone(),
+                reason,
+            });
+        }
+        match selected()
+            .filter(|(_, e)| e.embedding == Embedding::Pending)
+            .count()
+        {
+            0 => Ok(()),
+            pending => Err(WaitError::TimedOut { pending, timeout }),
+        }
     }
 
     /// Changes whenever the runnable set changes (compare to know when to rebuild inputs).
@@ -272,18 +306,24 @@ impl PromptRegistry {
         let mut encoded: HashMap<PromptId, Result<Vec<f32>, String>> =
             encoded.into_iter().map(|r| (r.id, r.result)).collect();
         for (&id, entry) in self.entries.iter_mut() {
-            let tokens = self.tokenizer.encode(&entry.text);
-            if tokens.dropped > 0 {
-                let reason = format!(
+            let tokens = match self.tokenizer.encode(&entry.text) {
+                Ok(t) if t.dropped > 0 => Err(format!(
                     "prompt is {} tokens long, the new model takes at most {}",
-                    tokens.ids.len() + tokens.dropped,
+                    self.tokenizer.max_tokens() + t.dropped,
                     self.tokenizer.max_tokens()
-                );
-                log::error!("prompt {id} {:?}: {reason}", entry.text);
-                entry.embedding = Embedding::Failed(reason);
-                continue;
-            }
-            entry.tokens = tokens.ids;
+                )),
+                Ok(t) => Ok(t),
+                Err(e) => Err(e.to_string()),
+            };
+            let tokens = match tokens {
+                Ok(t) => t,
+                Err(reason) => {
+                    log::error!("prompt {id} {:?}: {reason}", entry.text);
+                    entry.embedding = Embedding::Failed(reason);
+                    continue;
+                }
+            };
+            entry.tokens = tokens;
             entry.embedding = match encoded.remove(&id) {
                 Some(Ok(v)) => Embedding::Ready(v),
                 Some(Err(e)) => Embedding::Failed(e),
@@ -297,8 +337,8 @@ impl PromptRegistry {
         self.feed();
     }
 
-    /// The checks `add` makes on a new text, without adding it; its token ids on success.
-    fn check_new(&self, text: &str) -> Result<Vec<u32>, String> {
+    /// The checks `add` makes on a new text, without adding it; its tokens on success.
+    fn check_new(&self, text: &str) -> Result<Tokens, String> {
         if text.is_empty() {
             return Err("prompt is empty".into());
         }
@@ -308,15 +348,16 @@ impl PromptRegistry {
                 text.len()
             ));
         }
-        let tokens = self.tokenizer.encode(text);
+        let tokens = self.tokenizer.encode(text).map_err(|e| e.to_string())?;
         if tokens.dropped > 0 {
+            // Both tokenizers stop at the limit, so the length is the limit plus the rest.
             return Err(format!(
                 "prompt is {} tokens long, the model takes at most {}",
-                tokens.ids.len() + tokens.dropped,
+                self.tokenizer.max_tokens() + tokens.dropped,
                 self.tokenizer.max_tokens()
             ));
         }
-        Ok(tokens.ids)
+        Ok(tokens)
     }
 
     fn forget(&mut self, id: PromptId) {
@@ -443,8 +484,8 @@ mod tests {
     fn registry(pinned: &[&str], max: usize) -> Result<PromptRegistry, String> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
         let m = Manifest::load(&path).unwrap();
-        let tok = Tokenizer::from_vocab_file(&m.text.vocab, true, m.text.max_tokens).unwrap();
-        let worker = EncoderWorker::spawn(TextEncoder::load(&m).unwrap()).unwrap();
+        let tok = Tokenizer::load(&m.text).unwrap();
+        let worker = EncoderWorker::spawn(TextEncoder::load(&m, &tok).unwrap()).unwrap();
         let pinned: Vec<String> = pinned.iter().map(|s| s.to_string()).collect();
         PromptRegistry::new(tok, worker, &pinned, max)
     }
@@ -462,7 +503,7 @@ mod tests {
     fn pinned_prompts_get_ids_in_order_and_become_runnable() {
         let mut reg = registry(&["red circle", " blue square "], 8).unwrap();
         assert_eq!(reg.text(1), Some("blue square"));
-        assert!(reg.wait_for_pinned(Duration::from_secs(30)));
+        reg.wait_for_pinned(Duration::from_secs(30)).unwrap();
         let ids: Vec<PromptId> = reg.runnable().map(|(id, _)| id).collect();
         assert_eq!(ids, [0, 1]);
         assert!(reg.runnable().all(|(_, v)| v.len() == 16));
@@ -536,7 +577,7 @@ mod tests {
     fn reloaded_pinned_prompts_keep_live_ids_and_drop_unreferenced_ones() {
         let mut reg = registry(&["red", "blue"], 8).unwrap();
         let client = reg.intern("green").unwrap();
-        assert!(reg.wait_for_pinned(Duration::from_secs(30)));
+        reg.wait_for_pinned(Duration::from_secs(30)).unwrap();
         reg.set_pinned(&texts(&["blue", "green", "yellow"]), 8)
             .unwrap();
         // "red" was pinned only: gone. "blue" keeps id 1, the client's "green" keeps its
@@ -548,7 +589,7 @@ mod tests {
         assert!(yellow > client);
         reg.release(client);
         assert_eq!(reg.text(client), Some("green"), "pinned by the reload");
-        assert!(reg.wait_for_pinned(Duration::from_secs(30)));
+        reg.wait_for_pinned(Duration::from_secs(30)).unwrap();
         let ids: Vec<PromptId> = reg.runnable().map(|(id, _)| id).collect();
         assert_eq!(ids, [1, client, yellow]);
         // Unpinned while a client still holds it: stays until released.
@@ -588,16 +629,16 @@ mod tests {
     fn a_new_encoder_takes_over_every_prompt_with_its_id() {
         let mut reg = registry(&["red"], 8).unwrap();
         let client = reg.intern("blue").unwrap();
-        assert!(reg.wait_for(&[0, client], Duration::from_secs(30)));
+        reg.wait_for(&[0, client], Duration::from_secs(30)).unwrap();
         let before: Vec<(PromptId, Vec<f32>)> =
             reg.runnable().map(|(id, v)| (id, v.to_vec())).collect();
 
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
         let m = Manifest::load(&path).unwrap();
-        let tok = Tokenizer::from_vocab_file(&m.text.vocab, true, m.text.max_tokens).unwrap();
-        let mut encoder = TextEncoder::load(&m).unwrap();
+        let tok = Tokenizer::load(&m.text).unwrap();
+        let mut encoder = TextEncoder::load(&m, &tok).unwrap();
         // The new encoder made "red" ahead of the swap; "blue" it has to queue.
-        let red = encoder.encode(&tok.encode("red").ids).unwrap();
+        let red = encoder.encode(&tok.encode("red").unwrap()).unwrap();
         let worker = EncoderWorker::spawn(encoder).unwrap();
         let g = reg.generation();
         reg.replace_encoder(

@@ -12,3 +12,4 @@ mod reload;
 mod soak;
 mod socket;
 mod sparsify;
+mod text_models;

@@ -83,9 +83,9 @@ impl Loaded {
             max_prompts: DEFAULT_MAX_PROMPTS.max(args.prompts.len()),
         };
         let mut engine = Engine::load(&cfg, &prompts)?;
-        if !engine.wait_for_prompts(Duration::from_secs(120)) {
-            bail!("the prompts were not encoded within 120 s");
-        }
+        engine
+            .wait_for_prompts(Duration::from_secs(120))
+            .context("encoding the prompts")?;
         engine.set_alloc_counter(alloc::count);
         let load_s = load_start.elapsed().as_secs_f64();
         let (w, h) = engine.input_size();

@@ -15,6 +15,8 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::prelude::Framework;
 
+use crate::engine::text::encoder::TEST_PROMPT;
+use crate::engine::text::{TextEncoder, Tokenizer};
 use crate::engine::Manifest;
 
 pub mod layers;
@@ -84,6 +86,7 @@ pub fn report(path: &Path, weights: bool) -> anyhow::Result<String> {
     let mut out = String::new();
     if path.extension().is_some_and(|e| e == "toml") {
         let m = Manifest::load(path)?;
+        let (text, max_tokens) = check_text(&m)?;
         writeln!(out, "manifest {}: model \"{}\"", path.display(), m.name)?;
         writeln!(
             out,
@@ -93,10 +96,11 @@ pub fn report(path: &Path, weights: bool) -> anyhow::Result<String> {
             m.image.mean,
             m.image.std,
             m.text.dim,
-            m.text.max_tokens,
+            max_tokens,
             m.segmenter.mask_size[1],
             m.segmenter.mask_size[0]
         )?;
+        writeln!(out, "{text}\n")?;
         for (key, file) in m.files() {
             if file.extension().is_some_and(|e| e == "onnx") {
                 let info = inspect(file).with_context(|| format!("{}: {key}", path.display()))?;
@@ -111,6 +115,29 @@ pub fn report(path: &Path, weights: bool) -> anyhow::Result<String> {
         render(&mut out, &info, weights)?;
     }
     Ok(out)
+}
+
+/// Loads the tokenizer and text encoder as `run` does and encodes a test prompt, so that
+/// what would fail at run time (a tokenizer without the token the pooling reads, a graph
+/// tract cannot run) fails here; the summary line and the tokenizer's limit.
+fn check_text(m: &Manifest) -> anyhow::Result<(String, usize)> {
+    let t = &m.text;
+    let tokenizer = Tokenizer::load(t)
+        .with_context(|| format!("{}: {}", m.path.display(), t.tokenizer.key()))?;
+    let mut encoder = TextEncoder::load(m, &tokenizer)?;
+    let v = encoder
+        .self_test(&tokenizer)
+        .with_context(|| format!("{}: text.model", m.path.display()))?;
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let line = format!(
+        "text: {}; pooling {}, normalize {}; {:?} -> {} values, L2 norm {norm:.4}",
+        tokenizer.describe(),
+        t.pooling.as_str(),
+        t.normalize,
+        TEST_PROMPT,
+        v.len()
+    );
+    Ok((line, tokenizer.max_tokens()))
 }
 
 /// Reads `path`'s protobuf and summarises it.

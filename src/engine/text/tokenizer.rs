@@ -1,33 +1,19 @@
-//! BERT uncased WordPiece tokenizer, reproducing the reference tokenizer
-//! (`tokenizer.json` of all-MiniLM-L6-v2 run by the `tokenizers` library) token for token.
+//! The prompt tokenizer `[text]` names: a `vocab.txt` run by maskd's WordPiece
+//! (`wordpiece.rs`) or a `tokenizer.json` run by `tokenizers` (`json.rs`), behind one type.
 //!
-//! Steps, in the reference's order:
-//! 1. special tokens (`[CLS]`, `[SEP]`, `[MASK]`, ...) written literally in the text are
-//!    taken as they are (they are "added tokens" with `normalized: false`);
-//! 2. normalisation: drop NUL, U+FFFD and control characters, map whitespace to a space,
-//!    put spaces around CJK ideographs, then (when lowercasing) NFD + drop non-spacing
-//!    marks (accents), then lowercase;
-//! 3. split on whitespace, then isolate every punctuation character;
-//! 4. WordPiece: greedy longest match first, continuations prefixed `##`; a word longer
-//!    than 100 characters or with an unmatched piece becomes `[UNK]` as a whole;
-//! 5. truncate to `max_tokens - 2` pieces and wrap in `[CLS] ... [SEP]`.
+//! Both give [`Tokens`]: the ids with the special tokens the file wraps around a text,
+//! padded as the file says, and how many tokens did not fit. A text longer than the
+//! limit is never cut: the registry refuses it, saying how long it is, so the embedding
+//! a client gets is always that of the text it sent.
 //!
-//! The Unicode category tests come from the crates.io package `unicode_categories`, the
-//! one the reference tokenizer uses, so both agree on what is punctuation or a control
-//! character; NFD comes from `unicode-normalization`.
-//!
-//! Leaves out: padding (prompts are encoded one at a time) and pairs of sequences.
+//! Leaves out: running the encoder graph (`encoder.rs`).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use unicode_categories::UnicodeCategories;
-use unicode_normalization::char::decompose_canonical;
+use crate::engine::manifest::{TextSpec, TokenizerFile, DEFAULT_MAX_TOKENS};
 
-/// Words longer than this many characters become `[UNK]` (the reference's `max_input_chars_per_word`).
-const MAX_CHARS_PER_WORD: usize = 100;
-/// The reference's added tokens: matched literally in the raw text, before normalisation.
-const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+use super::json::JsonTokenizer;
+use super::wordpiece::WordPiece;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -38,310 +24,102 @@ pub enum TokenizerError {
     },
     #[error("{}: the vocabulary has no {token} token", path.display())]
     MissingToken { path: PathBuf, token: &'static str },
+    /// The `tokenizers` crate could not read the file.
+    #[error("{}: not a tokenizer.json `tokenizers` can read: {cause}", path.display())]
+    Json { path: PathBuf, cause: String },
+    /// The file reads, but cannot serve as the manifest asks.
+    #[error("{}: {reason}", path.display())]
+    Unusable { path: PathBuf, reason: String },
+    #[error("tokenizing {text:?}: {cause}")]
+    Encode { text: String, cause: String },
 }
 
-/// Token ids of one text, `[CLS]` and `[SEP]` included.
+/// Token ids of one text, special tokens and padding included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {
     pub ids: Vec<u32>,
-    /// Word pieces cut off by truncation (0 when the text fits).
+    /// 1 for a token of the text (or a special token), 0 for padding; as long as `ids`.
+    pub attention_mask: Vec<u8>,
+    /// Tokens past the limit (0 when the text fits).
     pub dropped: usize,
 }
 
+impl Tokens {
+    /// Every token attended (no padding).
+    pub fn unpadded(ids: Vec<u32>, dropped: usize) -> Tokens {
+        Tokens {
+            attention_mask: vec![1; ids.len()],
+            ids,
+            dropped,
+        }
+    }
+
+    /// Tokens the model attends to (the text and its special tokens, not the padding).
+    pub fn attended(&self) -> usize {
+        self.attention_mask.iter().filter(|m| **m != 0).count()
+    }
+}
+
 #[derive(Debug, Clone)]
-pub struct Tokenizer {
-    vocab: HashMap<String, u32>,
-    lowercase: bool,
-    max_tokens: usize,
-    cls: u32,
-    sep: u32,
-    unk: u32,
-    /// Special tokens present in the vocabulary, longest first (leftmost-longest matching).
-    specials: Vec<(&'static str, u32)>,
+pub enum Tokenizer {
+    WordPiece(WordPiece),
+    Json(Box<JsonTokenizer>),
 }
 
 impl Tokenizer {
-    /// Reads a `vocab.txt` (one token per line, id = line index).
-    pub fn from_vocab_file(
-        path: &Path,
-        lowercase: bool,
-        max_tokens: usize,
-    ) -> Result<Tokenizer, TokenizerError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| TokenizerError::Read {
-            path: path.to_owned(),
-            cause,
-        })?;
-        Tokenizer::from_tokens(text.lines(), lowercase, max_tokens).map_err(|token| {
-            TokenizerError::MissingToken {
-                path: path.to_owned(),
-                token,
+    /// The tokenizer `[text]` names, with its limit: `text.max_tokens`, else a
+    /// tokenizer.json's truncation length, else [`DEFAULT_MAX_TOKENS`].
+    pub fn load(text: &TextSpec) -> Result<Tokenizer, TokenizerError> {
+        match &text.tokenizer {
+            TokenizerFile::Vocab(path) => WordPiece::from_vocab_file(
+                path,
+                text.lowercase,
+                text.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            )
+            .map(Tokenizer::WordPiece),
+            TokenizerFile::Json(path) => {
+                JsonTokenizer::from_file(path, text.max_tokens).map(|t| Tokenizer::Json(t.into()))
             }
-        })
-    }
-
-    /// Builds from the vocabulary in id order; fails with the name of a missing required token.
-    /// `max_tokens` counts `[CLS]` and `[SEP]` and must be at least 2.
-    pub fn from_tokens<'a>(
-        tokens: impl IntoIterator<Item = &'a str>,
-        lowercase: bool,
-        max_tokens: usize,
-    ) -> Result<Tokenizer, &'static str> {
-        let mut vocab = HashMap::new();
-        for (id, token) in tokens.into_iter().enumerate() {
-            // Like the reference, trailing whitespace (a CR) is not part of the token and a
-            // repeated token keeps its last id.
-            vocab.insert(token.trim_end().to_owned(), id as u32);
         }
-        let get = |t: &'static str| vocab.get(t).copied().ok_or(t);
-        let (cls, sep, unk) = (get("[CLS]")?, get("[SEP]")?, get("[UNK]")?);
-        let mut specials: Vec<(&'static str, u32)> = SPECIAL_TOKENS
-            .iter()
-            .filter_map(|t| vocab.get(*t).map(|id| (*t, *id)))
-            .collect();
-        specials.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
-        Ok(Tokenizer {
-            vocab,
-            lowercase,
-            max_tokens: max_tokens.max(2),
-            cls,
-            sep,
-            unk,
-            specials,
-        })
     }
 
+    /// Longest token sequence accepted, special tokens included.
     pub fn max_tokens(&self) -> usize {
-        self.max_tokens
+        match self {
+            Tokenizer::WordPiece(t) => t.max_tokens(),
+            Tokenizer::Json(t) => t.max_tokens(),
+        }
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.vocab.len()
-    }
-
-    /// Tokenizes `text` as the reference does, truncating to `max_tokens`.
-    pub fn encode(&self, text: &str) -> Tokens {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let (before, special, after) = self.next_special(rest);
-            self.encode_plain(before, &mut pieces);
-            match special {
-                Some(id) => pieces.push(id),
-                None => break,
+    /// The special tokens put before and after every text (`[CLS]`/`[SEP]`,
+    /// `<|startoftext|>`/`<|endoftext|>`), where the file has them.
+    pub fn start_end(&self) -> (Option<u32>, Option<u32>) {
+        match self {
+            Tokenizer::WordPiece(t) => {
+                let (s, e) = t.start_end();
+                (Some(s), Some(e))
             }
-            rest = after;
-        }
-        let keep = self.max_tokens - 2;
-        let dropped = pieces.len().saturating_sub(keep);
-        pieces.truncate(keep);
-        let mut ids = Vec::with_capacity(pieces.len() + 2);
-        ids.push(self.cls);
-        ids.extend_from_slice(&pieces);
-        ids.push(self.sep);
-        Tokens { ids, dropped }
-    }
-
-    /// Splits at the first special token: (text before, its id, text after).
-    fn next_special<'t>(&self, text: &'t str) -> (&'t str, Option<u32>, &'t str) {
-        for (at, _) in text.match_indices('[') {
-            for (tok, id) in &self.specials {
-                if text[at..].starts_with(tok) {
-                    return (&text[..at], Some(*id), &text[at + tok.len()..]);
-                }
-            }
-        }
-        (text, None, "")
-    }
-
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
-        let normalized = self.normalize(text);
-        let mut candidate = String::new();
-        for word in normalized.split(char::is_whitespace) {
-            let mut start = 0;
-            for (i, c) in word.char_indices() {
-                if is_punctuation(c) {
-                    self.wordpiece(&word[start..i], &mut candidate, out);
-                    self.wordpiece(&word[i..i + c.len_utf8()], &mut candidate, out);
-                    start = i + c.len_utf8();
-                }
-            }
-            self.wordpiece(&word[start..], &mut candidate, out);
+            Tokenizer::Json(t) => t.start_end(),
         }
     }
 
-    fn normalize(&self, text: &str) -> String {
-        let mut cleaned = String::with_capacity(text.len());
-        for c in text.chars() {
-            if c == '\0' || c == '\u{fffd}' || is_control(c) {
-                continue;
-            }
-            if is_chinese_char(c) {
-                cleaned.push(' ');
-                cleaned.push(c);
-                cleaned.push(' ');
-            } else if is_whitespace(c) {
-                cleaned.push(' ');
-            } else {
-                cleaned.push(c);
-            }
-        }
-        if !self.lowercase {
-            return cleaned;
-        }
-        // Accents are stripped before lowercasing, as in the reference (so "İ" -> "i").
-        let mut stripped = String::with_capacity(cleaned.len());
-        for c in cleaned.chars() {
-            decompose_canonical(c, |d| {
-                if !d.is_mark_nonspacing() {
-                    stripped.push(d);
-                }
-            });
-        }
-        stripped.chars().flat_map(char::to_lowercase).collect()
-    }
-
-    /// Greedy longest-match-first WordPiece of one word (no whitespace, no punctuation inside).
-    fn wordpiece(&self, word: &str, candidate: &mut String, out: &mut Vec<u32>) {
-        if word.is_empty() {
-            return;
-        }
-        if word.chars().count() > MAX_CHARS_PER_WORD {
-            out.push(self.unk);
-            return;
-        }
-        let mark = out.len();
-        let mut start = 0;
-        while start < word.len() {
-            let mut end = word.len();
-            let mut found = None;
-            while end > start {
-                candidate.clear();
-                if start > 0 {
-                    candidate.push_str("##");
-                }
-                candidate.push_str(&word[start..end]);
-                if let Some(id) = self.vocab.get(candidate.as_str()) {
-                    found = Some(*id);
-                    break;
-                }
-                end = prev_boundary(word, end, start);
-            }
-            match found {
-                Some(id) => {
-                    out.push(id);
-                    start = end;
-                }
-                None => {
-                    out.truncate(mark);
-                    out.push(self.unk);
-                    return;
-                }
-            }
+    /// One line for `maskd inspect` and the logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Tokenizer::WordPiece(t) => format!(
+                "WordPiece vocab.txt, {} tokens, at most {}",
+                t.vocab_size(),
+                t.max_tokens()
+            ),
+            Tokenizer::Json(t) => t.describe(),
         }
     }
-}
 
-/// The char boundary before `end` (never below `floor`).
-fn prev_boundary(s: &str, end: usize, floor: usize) -> usize {
-    let mut i = end - 1;
-    while i > floor && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn is_whitespace(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r') || c.is_whitespace()
-}
-
-/// Control characters (Unicode categories C*), except the whitespace ones.
-fn is_control(c: char) -> bool {
-    !matches!(c, '\t' | '\n' | '\r') && c.is_other()
-}
-
-fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.is_punctuation()
-}
-
-/// The CJK Unified Ideograph blocks (not all of CJK: kana and hangul are written with spaces).
-fn is_chinese_char(c: char) -> bool {
-    matches!(
-        c as u32,
-        0x4E00..=0x9FFF
-            | 0x3400..=0x4DBF
-            | 0x20000..=0x2A6DF
-            | 0x2A700..=0x2B73F
-            | 0x2B740..=0x2B81F
-            | 0x2B920..=0x2CEAF
-            | 0xF900..=0xFAFF
-            | 0x2F800..=0x2FA1F
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tiny(max_tokens: usize) -> Tokenizer {
-        let vocab = [
-            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "circle", "circ", "##le", "##s",
-            "un", "##aff", "##able", "!", ",", "cafe", "東", "京", "a",
-        ];
-        Tokenizer::from_tokens(vocab, true, max_tokens).unwrap()
-    }
-
-    fn ids(t: &Tokenizer, s: &str) -> Vec<u32> {
-        t.encode(s).ids
-    }
-
-    #[test]
-    fn wordpiece_longest_match_first() {
-        let t = tiny(16);
-        assert_eq!(ids(&t, "red circle"), [2, 5, 6, 3]);
-        assert_eq!(ids(&t, "circles"), [2, 6, 9, 3]);
-        assert_eq!(ids(&t, "unaffable"), [2, 10, 11, 12, 3]);
-        // an unmatched remainder makes the whole word [UNK], not just the tail
-        assert_eq!(ids(&t, "circlex red"), [2, 1, 5, 3]);
-    }
-
-    #[test]
-    fn normalisation_and_punctuation() {
-        let t = tiny(16);
-        assert_eq!(ids(&t, "  RED,circle!  "), [2, 5, 14, 6, 13, 3]);
-        assert_eq!(ids(&t, "Café"), [2, 15, 3]);
-        assert_eq!(ids(&t, "東京"), [2, 16, 17, 3]);
-        assert_eq!(ids(&t, "re\u{0}d\u{ad}"), [2, 5, 3]);
-        assert_eq!(ids(&t, ""), [2, 3]);
-        assert_eq!(ids(&t, &"a".repeat(101)), [2, 1, 3]);
-    }
-
-    #[test]
-    fn special_tokens_are_literal() {
-        let t = tiny(16);
-        assert_eq!(ids(&t, "red [MASK]circle"), [2, 5, 4, 6, 3]);
-        assert_eq!(ids(&t, "[mask]"), [2, 1, 1, 1, 3]);
-    }
-
-    #[test]
-    fn truncation_keeps_cls_and_sep() {
-        let t = tiny(4);
-        let tok = t.encode("red red red");
-        assert_eq!(tok.ids, [2, 5, 5, 3]);
-        assert_eq!(tok.dropped, 1);
-    }
-
-    #[test]
-    fn missing_required_token() {
-        assert_eq!(
-            Tokenizer::from_tokens(["[CLS]", "[SEP]"], true, 8).unwrap_err(),
-            "[UNK]"
-        );
-    }
-
-    #[test]
-    fn cased_keeps_case_and_accents() {
-        let t =
-            Tokenizer::from_tokens(["[UNK]", "[CLS]", "[SEP]", "Café", "red"], false, 8).unwrap();
-        assert_eq!(ids(&t, "Café RED"), [1, 3, 0, 2]);
+    /// Tokenizes `text`; `dropped > 0` when it is longer than [`Tokenizer::max_tokens`].
+    pub fn encode(&self, text: &str) -> Result<Tokens, TokenizerError> {
+        match self {
+            Tokenizer::WordPiece(t) => Ok(t.encode(text)),
+            Tokenizer::Json(t) => t.encode(text),
+        }
     }
 }

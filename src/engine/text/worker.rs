@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::contracts::PromptId;
 use crate::engine::text::encoder::TextEncoder;
+use crate::engine::text::Tokens;
 
 /// Requests (and results) buffered between the registry and the worker.
 pub const QUEUE_DEPTH: usize = 4;
@@ -21,7 +22,7 @@ pub const QUEUE_DEPTH: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub id: PromptId,
-    pub tokens: Vec<u32>,
+    pub tokens: Tokens,
 }
 
 /// The embedding of one prompt, or why it could not be made.
@@ -112,7 +113,8 @@ mod tests {
 
     fn encoder() -> TextEncoder {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture/fixture.toml");
-        TextEncoder::load(&Manifest::load(&path).unwrap()).unwrap()
+        let m = Manifest::load(&path).unwrap();
+        TextEncoder::load(&m, &crate::engine::text::Tokenizer::load(&m.text).unwrap()).unwrap()
     }
 
     #[test]
@@ -121,7 +123,7 @@ mod tests {
         assert_eq!(
             w.try_submit(Request {
                 id: 7,
-                tokens: vec![2, 40, 3]
+                tokens: Tokens::unpadded(vec![2, 40, 3], 0)
             })
             .unwrap(),
             None
@@ -129,7 +131,7 @@ mod tests {
         assert_eq!(
             w.try_submit(Request {
                 id: 8,
-                tokens: vec![]
+                tokens: Tokens::unpadded(vec![], 0)
             })
             .unwrap(),
             None
@@ -151,7 +153,7 @@ mod tests {
             if let Some(r) = w
                 .try_submit(Request {
                     id,
-                    tokens: vec![2, 3],
+                    tokens: Tokens::unpadded(vec![2, 3], 0),
                 })
                 .unwrap()
             {
